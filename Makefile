@@ -1,0 +1,43 @@
+# Two commands on a fresh machine: `make run` (the default study) and `make test`.
+# Both are idempotent: the venv and the dataset are installed once, then reused.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+CORES  ?= all
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: run test bench dataset venv dvc-repro clean
+
+run: venv dataset
+	$(BIN)/snakemake --cores $(CORES)
+
+test: venv dataset
+	$(BIN)/python -m pytest -q
+
+bench: venv
+	$(BIN)/python -m benchmarks
+
+dvc-repro: venv dataset
+	$(BIN)/dvc repro
+
+venv: $(STAMP)
+
+# torch 2.14.1 / torchvision 0.29.1 are pinned: pip takes them from local wheels on the lab machines.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Fashion-MNIST from Debian's package (no download at run time); needs root or sudo once.
+dataset: $(FASHION)
+
+$(FASHION):
+	@if [ -n "$$(ls data/raw/fashion_mnist 2>/dev/null)" ]; then echo "using data/raw/fashion_mnist"; \
+	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; fi
+
+clean:
+	rm -rf results data/prepared data/corrupt .snakemake

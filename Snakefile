@@ -1,0 +1,27 @@
+# coherent-gradients: the whole study from one params file.
+#   snakemake --cores all                                  # params.yaml
+#   snakemake --cores all --configfile studies/smoke.yaml  # another study, no code change
+# Data flow: prepare → corrupt (per noise) → train (noise × optimizer × seed) → aggregate.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "params.yaml"
+
+
+##### helpers: params validation, the run grid, output lists #####
+include: "rules/common.smk"
+
+
+##### target rule #####
+rule all:
+    input:
+        aggregate_outputs(),
+
+
+##### stages: one rule file each, all calling stages/<name>.py #####
+include: "rules/prepare.smk"
+include: "rules/corrupt.smk"
+include: "rules/train.smk"
+include: "rules/aggregate.smk"

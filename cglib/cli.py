@@ -1,0 +1,43 @@
+"""What every stage script shares: argument parsing, params validation, logging.
+
+Stages know nothing about Snakemake or DVC: both engines call the same command line.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from cglib.config import load_or_exit
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--params", default="params.yaml", help="study params file (default: params.yaml)")
+    p.add_argument("--log", default=None, help="also write the log to this file")
+    return p
+
+
+def start(p: argparse.ArgumentParser, argv=None):
+    """Parse args, validate params before any work (exit 2), set up logging → (args, params, log)."""
+    args = p.parse_args(argv)
+    params = load_or_exit(args.params)
+    logger = logging.getLogger(Path(sys.argv[0]).stem)
+    logger.handlers.clear()
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    fmt = logging.Formatter("%(message)s")
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if args.log:
+        Path(args.log).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(args.log, mode="w"))
+    for h in handlers:
+        h.setFormatter(fmt)
+        logger.addHandler(h)
+    return args, params, logger.info
+
+
+def fail(message: str, code: int = 1):
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)

@@ -1,0 +1,163 @@
+"""Study parameters: load, validate, fill defaults, expand the run grid.
+
+Every stage and the Snakefile call `load_params` first. A bad file is a `ParamsError` whose
+message is one line naming the key; stages turn it into exit code 2 before doing any work.
+The run grid (noise × optimizer × seed) is computed here once, so the Snakefile, the stages
+and the tests agree on run names; dvc.yaml spells the same names with its `${...}` syntax.
+"""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "params.schema.yaml"
+EXIT_BAD_PARAMS = 2
+OPTIMIZER_NAMES = ("sgd", "winsorized", "m3", "rm3", "ra3")  # gradient variants
+
+
+class ParamsError(ValueError):
+    """Invalid study parameters; str(err) is one line starting with the offending key."""
+
+
+def schema() -> dict:
+    with open(SCHEMA_PATH) as fh:
+        return yaml.safe_load(fh)
+
+
+# ---------------------------------------------------------------------------- validation
+
+def _key(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def _one_line(err: jsonschema.ValidationError) -> str:
+    key = _key(err.absolute_path)
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        where = f"{key}." if err.absolute_path else ""
+        return f"{where}{extra[0]}: unknown key (allowed: {', '.join(sorted(err.schema['properties']))})"
+    if err.validator == "enum":
+        return f"{key}: {err.instance!r} is not one of {', '.join(map(str, err.validator_value))}"
+    return f"{key}: {err.message}"
+
+
+def fill_defaults(node, sch: dict):
+    """Insert schema defaults for missing keys, recursively (jsonschema only validates)."""
+    if sch.get("type") == "object" and isinstance(node, dict):
+        for name, sub in sch.get("properties", {}).items():
+            if name not in node and "default" in sub:
+                node[name] = copy.deepcopy(sub["default"])
+            if name in node:
+                fill_defaults(node[name], sub)
+    elif sch.get("type") == "array" and isinstance(node, list) and "items" in sch:
+        for item in node:
+            fill_defaults(item, sch["items"])
+    return node
+
+
+def _cross_checks(p: dict) -> None:
+    """Constraints JSON schema cannot express (they relate two keys)."""
+    t, data = p["train"], p["data"]
+    batch = t["batch_size"]
+    seen = set()
+    for i, opt in enumerate(t["optimizers"]):
+        key = f"train.optimizers[{i}]"
+        label = (opt["name"], opt["clip"])
+        if label in seen:
+            raise ParamsError(f"{key}: duplicate optimizer {opt['name']} with clip {opt['clip']}")
+        seen.add(label)
+        if opt["name"] == "winsorized" and 2 * opt["clip"] >= batch:
+            raise ParamsError(f"{key}.clip: {opt['clip']} must be < batch_size/2 = {batch / 2:g}")
+        if opt["name"] != "winsorized" and opt["clip"] != 0:
+            raise ParamsError(f"{key}.clip: only winsorized clips; {opt['name']} needs clip 0")
+        if opt["name"] == "m3" and batch % 3:
+            raise ParamsError(f"train.batch_size: {batch} must be divisible by 3 for m3")
+    if data["n_train"] and batch > data["n_train"]:
+        raise ParamsError(f"train.batch_size: {batch} exceeds data.n_train = {data['n_train']}")
+    if any(m >= t["steps"] for m in t["lr_milestones"]):
+        raise ParamsError(f"train.lr_milestones: every milestone must be < train.steps = {t['steps']}")
+    if p["model"]["name"] == "resnet18" and data["dataset"] == "synthetic":
+        raise ParamsError("model.name: resnet18 needs an image dataset, not synthetic")
+
+
+def validate(params: dict) -> dict:
+    """Validated copy of `params` with every default filled in; raises ParamsError."""
+    if not isinstance(params, dict):
+        raise ParamsError("<top level>: the params file must be a mapping of sections")
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(params), key=lambda e: (len(e.absolute_path), _key(e.absolute_path)))
+    if errors:
+        raise ParamsError(_one_line(jsonschema.exceptions.best_match(errors)))
+    full = fill_defaults(copy.deepcopy(params), schema())
+    _cross_checks(full)
+    return full
+
+
+def load_params(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: params file not found")
+    try:
+        with open(path) as fh:
+            raw = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    return validate(raw)
+
+
+def load_or_exit(path: str | Path) -> dict:
+    """For stage scripts: one line on stderr and exit code 2 on bad params."""
+    try:
+        return load_params(path)
+    except ParamsError as err:
+        print(f"params error: {err}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_PARAMS) from None
+
+
+# ---------------------------------------------------------------------------- the run grid
+
+def run_name(optimizer: str, clip, noise, seed) -> str:
+    """Run id; str() of the raw YAML values, exactly as DVC interpolates them in dvc.yaml."""
+    return f"{optimizer}_c{clip}_noise{noise}_seed{seed}"
+
+
+def run_grid(params: dict) -> list[dict]:
+    """One dict per training run: noise × optimizer × seed, in a stable order."""
+    runs = []
+    for noise in params["corrupt"]["noise"]:
+        for opt in params["train"]["optimizers"]:
+            for seed in params["train"]["seeds"]:
+                runs.append(dict(run=run_name(opt["name"], opt["clip"], noise, seed),
+                                 noise=noise, optimizer=opt["name"], clip=opt["clip"], seed=seed))
+    return runs
+
+
+# Keys of each stage's params that, when changed, must re-run that stage (the grid lists are
+# not among them: adding a noise level must not retrain the others). dvc.yaml lists the same
+# keys; tests/test_engines.py checks that it does.
+STAGE_KEYS = {
+    "prepare": ["data"],
+    "corrupt": ["corrupt.seed"],
+    "train": ["model", "train.base", "train.lr", "train.momentum", "train.weight_decay",
+              "train.lr_schedule", "train.lr_milestones", "train.lr_gamma", "train.batch_size",
+              "train.steps", "train.eval_per_decade", "train.eval_train_sample"],
+    "aggregate": ["study"],
+}
+
+
+def stage_params(params: dict, stage: str) -> dict:
+    """The values behind STAGE_KEYS[stage], for Snakemake's `params:` (rerun on change)."""
+    out = {}
+    for dotted in STAGE_KEYS[stage]:
+        node = params
+        for part in dotted.split("."):
+            node = node[part]
+        out[dotted] = node
+    return out

@@ -1,0 +1,184 @@
+"""Datasets: raw files → a small prepared tensor file → tensors on the training device.
+
+Nothing here touches the network: a missing or damaged raw file is a `DataError` naming the
+file and how to get it. Fashion-MNIST comes from Debian's dataset-fashion-mnist package
+(gzipped IDX files); MNIST likewise from IDX files placed under data/raw/mnist/; CIFAR-10 through
+torchvision's CIFAR10 class from data/raw/cifar10/; `synthetic` is generated (Gaussian class
+clusters) for tests.
+"""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
+IDX_FILES = {
+    "train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+    "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte",
+}
+HOW_TO_GET = {
+    "fashion_mnist": "install Debian's package (apt-get install dataset-fashion-mnist) "
+                     "or put the four IDX files in data/raw/fashion_mnist/",
+    "mnist": "put the four MNIST IDX files (.gz or not) in data/raw/mnist/",
+    "cifar10": "unpack cifar-10-python.tar.gz into data/raw/cifar10/ (cifar-10-batches-py/)",
+}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+class DataError(RuntimeError):
+    """A dataset file is missing or damaged."""
+
+
+# ---------------------------------------------------------------------------- IDX reader
+
+def read_idx(path: Path, how_to_get: str = "") -> np.ndarray:
+    """Read an IDX file (optionally gzipped), checking its header against its length."""
+    hint = f"; to get it: {how_to_get}" if how_to_get else ""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as fh:
+            raw = fh.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found{hint}") from None
+    except (OSError, EOFError) as err:  # truncated or corrupt gzip stream
+        raise DataError(f"{path}: cannot be read ({err}){hint}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise DataError(f"{path}: not an IDX file (bad magic number){hint}")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_DTYPES[raw[2]])
+    expected = header + int(np.prod(dims)) * dtype.itemsize
+    if len(raw) != expected:
+        raise DataError(f"{path}: truncated or damaged ({len(raw)} bytes, header says {expected}){hint}")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _find_idx(dataset: str, raw_dir: str) -> dict[str, Path]:
+    dirs = [Path(raw_dir)] if raw_dir else [Path("data/raw") / dataset]
+    if dataset == "fashion_mnist" and not raw_dir:
+        dirs.append(DEBIAN_FASHION)
+    found = {}
+    for key, stem in IDX_FILES.items():
+        for d in dirs:
+            for name in (stem, stem + ".gz"):
+                if (d / name).is_file():
+                    found[key] = d / name
+                    break
+            if key in found:
+                break
+        else:
+            looked = ", ".join(str(d / (stem + "[.gz]")) for d in dirs)
+            raise DataError(f"{stem}: not found (looked for {looked}); to get it: {HOW_TO_GET[dataset]}")
+    return found
+
+
+# ---------------------------------------------------------------------------- raw datasets
+
+def load_raw(dataset: str, raw_dir: str = "", synthetic: dict | None = None, seed: int = 0) -> dict:
+    """Whole train and test sets as numpy arrays: x (N, C, H, W) uint8 (or float32), y int64."""
+    if dataset in ("fashion_mnist", "mnist"):
+        files = _find_idx(dataset, raw_dir)
+        arr = {k: read_idx(p, HOW_TO_GET[dataset]) for k, p in files.items()}
+        for split in ("train", "test"):
+            if len(arr[f"{split}_x"]) != len(arr[f"{split}_y"]):
+                raise DataError(f"{files[split + '_y']}: {len(arr[split + '_y'])} labels for "
+                                f"{len(arr[split + '_x'])} images")
+        return dict(x_train=arr["train_x"][:, None], y_train=arr["train_y"].astype(np.int64),
+                    x_test=arr["test_x"][:, None], y_test=arr["test_y"].astype(np.int64), num_classes=10)
+    if dataset == "cifar10":
+        return _load_cifar10(raw_dir or "data/raw/cifar10")
+    if dataset == "synthetic":
+        return make_synthetic(seed=seed, **(synthetic or {}))
+    raise DataError(f"unknown dataset {dataset!r}")
+
+
+def _load_cifar10(root: str) -> dict:
+    import torchvision  # imported lazily: only this dataset needs it here
+
+    out = {}
+    for split, train in (("train", True), ("test", False)):
+        try:
+            ds = torchvision.datasets.CIFAR10(root=root, train=train, download=False)
+        except RuntimeError as err:
+            raise DataError(f"{root}/cifar-10-batches-py: {err}; to get it: {HOW_TO_GET['cifar10']}") from None
+        out[f"x_{split}"] = np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2))
+        out[f"y_{split}"] = np.asarray(ds.targets, dtype=np.int64)
+    out["num_classes"] = 10
+    return out
+
+
+def make_synthetic(seed: int = 0, dim: int = 20, classes: int = 4, separation: float = 3.0,
+                   n_train_total: int = 2000, n_test_total: int = 1000) -> dict:
+    """Gaussian class clusters: centres ~ N(0, (separation/2)² I), unit-variance noise around them."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, separation / 2, size=(classes, dim))
+
+    def draw(n):
+        y = rng.integers(0, classes, size=n)
+        x = centres[y] + rng.normal(size=(n, dim))
+        return x.astype(np.float32), y.astype(np.int64)
+
+    x_tr, y_tr = draw(n_train_total)
+    x_te, y_te = draw(n_test_total)
+    return dict(x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te, num_classes=classes)
+
+
+# ---------------------------------------------------------------------------- prepare / load
+
+def _subset(n_total: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    if n == 0 or n == n_total:
+        return np.arange(n_total)
+    if n > n_total:
+        raise DataError(f"asked for {n} examples but the set has only {n_total}")
+    return np.sort(rng.choice(n_total, size=n, replace=False))
+
+
+def prepare(data_params: dict) -> dict:
+    """The study's fixed training and test subsets, with normalisation statistics."""
+    p = data_params
+    raw = load_raw(p["dataset"], p["raw_dir"], p.get("synthetic"), p["seed"])
+    rng = np.random.default_rng(p["seed"])
+    train_idx = _subset(len(raw["y_train"]), p["n_train"], rng)
+    test_idx = _subset(len(raw["y_test"]), p["n_test"], rng)
+    x_train = raw["x_train"][train_idx]
+    if x_train.dtype == np.uint8:  # images: per-channel statistics of the training subset
+        xs = x_train.astype(np.float64) / 255.0
+        axes = (0, 2, 3)
+        mean, std = xs.mean(axis=axes), xs.std(axis=axes)
+    else:
+        mean, std = np.zeros(1), np.ones(1)
+    return dict(
+        dataset=p["dataset"], num_classes=int(raw["num_classes"]),
+        x_train=torch.from_numpy(np.ascontiguousarray(x_train)),
+        y_train=torch.from_numpy(raw["y_train"][train_idx]),
+        x_test=torch.from_numpy(np.ascontiguousarray(raw["x_test"][test_idx])),
+        y_test=torch.from_numpy(raw["y_test"][test_idx]),
+        source_train=torch.from_numpy(train_idx), source_test=torch.from_numpy(test_idx),
+        mean=torch.tensor(mean, dtype=torch.float32), std=torch.tensor(std, dtype=torch.float32),
+    )
+
+
+def to_float(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 images → normalised float32; float features pass through."""
+    if x.dtype != torch.uint8:
+        return x.float()
+    shape = (1, -1, 1, 1)
+    return (x.float() / 255.0 - mean.view(shape)) / std.view(shape)
+
+
+def load_prepared(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """Prepared file → dict with float x_train/x_test and int64 labels on `device`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: prepared data not found; run the prepare stage first")
+    d = torch.load(path, weights_only=True)
+    out = dict(d)
+    for split in ("train", "test"):
+        out[f"x_{split}"] = to_float(d[f"x_{split}"], d["mean"], d["std"]).to(device)
+        out[f"y_{split}"] = d[f"y_{split}"].to(device)
+    out["input_shape"] = tuple(out["x_train"].shape[1:])
+    return out

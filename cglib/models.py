@@ -1,0 +1,53 @@
+"""Networks of the papers: the CG fully connected net and a ResNet-18 for 32×32 inputs."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def mlp(input_shape: tuple, hidden: list[int], num_classes: int) -> nn.Sequential:
+    """Fully connected ReLU net with Xavier init and zero biases (CG §2.1: 784-2048-10)."""
+    widths = [math.prod(input_shape), *hidden, num_classes]
+    layers: list[nn.Module] = [nn.Flatten()]
+    for i, (w_in, w_out) in enumerate(zip(widths[:-1], widths[1:])):
+        linear = nn.Linear(w_in, w_out)
+        nn.init.xavier_uniform_(linear.weight)
+        nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        if i < len(widths) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def resnet18(input_shape: tuple, num_classes: int) -> nn.Module:
+    """torchvision ResNet-18 adapted to small images: 3×3 stride-1 stem, no max-pool.
+
+    The ImageNet stem (7×7 stride 2 + max-pool) would shrink a 32×32 image to 8×8 before the
+    first block; the usual CIFAR adaptation keeps the resolution (W&S appendix B setup).
+    """
+    import torchvision  # lazy: MLP studies never pay for the import
+
+    net = torchvision.models.resnet18(weights=None, num_classes=num_classes)
+    net.conv1 = nn.Conv2d(input_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    return net
+
+
+def build_model(model_params: dict, input_shape: tuple, num_classes: int) -> nn.Module:
+    if model_params["name"] == "mlp":
+        return mlp(input_shape, model_params["hidden"], num_classes)
+    if model_params["name"] == "resnet18":
+        if len(input_shape) != 3:
+            raise ValueError(f"resnet18 needs image inputs (C, H, W), got shape {input_shape}")
+        return resnet18(input_shape, num_classes)
+    raise ValueError(f"unknown model {model_params['name']!r}")
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is cuda but no CUDA device is available (use auto or cpu)")
+    return torch.device(device)

@@ -1,0 +1,206 @@
+"""The training loop: a plain loop over device-resident tensors, as in nanoGPT / airbench.
+
+One call of `train_run` trains one run (noise × optimizer × seed) and returns its metric rows
+(the variable columns of DESIGN.md §6; `tables.metrics_frame` adds the constant ones).
+Everything a run depends on flows from its params and seed: the initial weights, the batch order
+(a permutation per epoch drawn from (seed, epoch), so a resumed run needs no RNG state) and the
+robust-gradient history (saved in the checkpoint).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from cglib.models import build_model
+from cglib.robust import make_gradient_transform
+
+EXPERIMENT_OF = {"sgd": "E1", "winsorized": "E3", "m3": "E4", "rm3": "E4", "ra3": "E4"}
+
+
+# ---------------------------------------------------------------------------- schedules
+
+def eval_steps(total: int, per_decade: int = 9) -> list[int]:
+    """0, then per decade [10^k, 10^(k+1)) the multiples 1..9 (per_decade=9, as the CG code
+    logged), thinned to `per_decade` evenly spaced multipliers; always ends with `total`."""
+    mults = sorted({1 + round(j * 9 / per_decade) for j in range(per_decade)})
+    steps = {0, total}
+    decade = 1
+    while decade <= total:
+        steps.update(m * decade for m in mults if m * decade <= total)
+        decade *= 10
+    return sorted(steps)
+
+
+def lr_at(step: int, t: dict) -> float:
+    if t["lr_schedule"] == "step":
+        return t["lr"] * t["lr_gamma"] ** sum(step >= m for m in t["lr_milestones"])
+    if t["lr_schedule"] == "cosine":
+        return t["lr"] * 0.5 * (1 + math.cos(math.pi * step / t["steps"]))
+    return t["lr"]
+
+
+def batch_indices(step: int, n: int, batch: int, seed: int, cache: dict) -> torch.Tensor:
+    """Minibatch of `step`: epochs are fresh permutations seeded by (seed, epoch); the tail of
+    an epoch that does not fill a batch is dropped, so every batch has exactly `batch` examples."""
+    per_epoch = n // batch
+    epoch, j = divmod(step, per_epoch)
+    if cache.get("epoch") != epoch:
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+        cache.update(epoch=epoch, perm=torch.randperm(n, generator=gen))
+    return cache["perm"][j * batch:(j + 1) * batch]
+
+
+def make_optimizer(model: torch.nn.Module, t: dict) -> torch.optim.Optimizer:
+    if t["base"] == "adam":
+        return torch.optim.Adam(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
+    return torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"],
+                           weight_decay=t["weight_decay"])
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def per_example(model, x, y, chunk: int = 8192):
+    """(correct bool, loss float) per example, in eval mode, chunked to bound memory."""
+    was_training = model.training
+    model.eval()
+    correct, loss = [], []
+    for i in range(0, len(x), chunk):
+        out = model(x[i:i + chunk])
+        correct.append(out.argmax(1) == y[i:i + chunk])
+        loss.append(F.cross_entropy(out, y[i:i + chunk], reduction="none"))
+    model.train(was_training)
+    return torch.cat(correct), torch.cat(loss)
+
+
+def evaluate(model, run: dict) -> list[dict]:
+    """E1 rows: accuracy and loss on train (noisy labels), pristine, corrupt, test; overfit."""
+    rows = []
+    c, l = per_example(model, run["x_eval"], run["y_eval"])
+    groups = {"train": slice(None), "pristine": ~run["corrupt_eval"], "corrupt": run["corrupt_eval"]}
+    acc = {}
+    for split, mask in groups.items():
+        if isinstance(mask, torch.Tensor) and not bool(mask.any()):
+            continue  # e.g. no corrupt example at noise 0: no row rather than a NaN
+        acc[split] = c[mask].float().mean().item()
+        rows += [dict(split=split, metric="accuracy", value=acc[split]),
+                 dict(split=split, metric="loss", value=l[mask].mean().item())]
+    ct, lt = per_example(model, run["x_test"], run["y_test"])
+    acc["test"] = ct.float().mean().item()
+    rows += [dict(split="test", metric="accuracy", value=acc["test"]),
+             dict(split="test", metric="loss", value=lt.mean().item())]
+    eps, k = run["noise"], run["num_classes"]
+    # CG §3.3: the test labels are clean, so a perfect learner of the noisy train set "should"
+    # score ε/K + (1-ε)·test on train; anything above that is memorisation.
+    overfit = acc["train"] - (eps / k + (1 - eps) * acc["test"])
+    rows.append(dict(split="train", metric="overfit", value=overfit))
+    return rows
+
+
+# ---------------------------------------------------------------------------- checkpoints
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path | None, fingerprint: str, log: Callable) -> dict | None:
+    if path is None or not path.is_file():
+        return None
+    try:
+        ckpt = torch.load(path, weights_only=False, map_location="cpu")
+    except Exception as err:  # a checkpoint cut short by a kill is rewritten, not trusted
+        log(f"ignoring unreadable checkpoint {path}: {err}")
+        return None
+    if ckpt.get("fingerprint") != fingerprint:
+        log(f"ignoring checkpoint {path}: it belongs to other params")
+        return None
+    return ckpt
+
+
+# ---------------------------------------------------------------------------- the loop
+
+def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Tensor, spec: dict,
+              checkpoint: Path | None = None, log: Callable = print, progress: bool = True) -> dict:
+    """Train one run. `data` from cglib.data.load_prepared (on the device), `labels` the noisy
+    training labels and `corrupt` their mask, `spec` one entry of cglib.config.run_grid.
+    Returns {"rows": [...], "status": "ok" | "diverged", "steps_done", "wall_s"}."""
+    t, device = params["train"], data["x_train"].device
+    n, batch = len(labels), t["batch_size"]
+    labels, corrupt = labels.to(device), corrupt.to(device)
+    torch.manual_seed(spec["seed"])
+    model = build_model(params["model"], data["input_shape"], data["num_classes"]).to(device)
+    optimizer = make_optimizer(model, t)
+    transform = make_gradient_transform(spec["optimizer"], spec["clip"])
+
+    sample = t["eval_train_sample"]
+    eval_idx = torch.arange(n, device=device)
+    if sample and sample < n:  # fixed sample, same for every run of the study
+        eval_idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:sample].sort().values.to(device)
+    run = dict(x_eval=data["x_train"][eval_idx], y_eval=labels[eval_idx], corrupt_eval=corrupt[eval_idx],
+               x_test=data["x_test"], y_test=data["y_test"], noise=float(spec["noise"]),
+               num_classes=data["num_classes"])
+
+    fingerprint = json.dumps({"train": t, "model": params["model"], "data": params["data"],
+                              "spec": spec}, sort_keys=True, default=str)
+    rows, start, status, resumed_at = [], 0, "ok", None
+    ckpt = _load_checkpoint(checkpoint, fingerprint, log)
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        transform.load_state_dict(ckpt["transform"])
+        rows, start = ckpt["rows"], ckpt["step"]
+        resumed_at = start  # its evaluation rows are already in the checkpoint
+        log(f"resumed from {checkpoint} at step {start}")
+
+    schedule = set(eval_steps(t["steps"], t["eval_per_decade"]))
+    experiment = EXPERIMENT_OF[spec["optimizer"]]
+    cache: dict = {}
+    t0 = time.perf_counter()
+    model.train()
+    bar = tqdm(range(start, t["steps"] + 1), initial=start, total=t["steps"] + 1,
+               disable=None if progress else True, desc=spec["run"], leave=False)
+    for step in bar:
+        if step in schedule and step != resumed_at:
+            for r in evaluate(model, run):
+                rows.append(dict(r, step=step, epoch=step * batch / n, experiment=experiment))
+            _log_eval(log, step, rows)
+        if step == t["steps"]:
+            break
+        if checkpoint is not None and step > start and step % t["checkpoint_every"] == 0:
+            _save_atomic(dict(fingerprint=fingerprint, step=step, rows=rows, model=model.state_dict(),
+                              optimizer=optimizer.state_dict(), transform=transform.state_dict()), checkpoint)
+        idx = batch_indices(step, n, batch, spec["seed"], cache).to(device)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, t)
+        optimizer.zero_grad(set_to_none=True)
+        loss = transform.backward(model, data["x_train"][idx], labels[idx])
+        if not torch.isfinite(loss):
+            status = "diverged"
+            log(f"loss is {loss.item()} at step {step}: run marked diverged, stopping")
+            break
+        optimizer.step()
+    bar.close()
+    if checkpoint is not None and checkpoint.exists():
+        checkpoint.unlink()  # finished: the outputs now hold everything the checkpoint had
+    return dict(rows=rows, status=status, steps_done=step, wall_s=time.perf_counter() - t0)
+
+
+def _log_eval(log: Callable, step: int, rows: list[dict]) -> None:
+    now = {(r["split"], r["metric"]): r["value"] for r in rows if r["step"] == step}
+    if step == 0:
+        log(f"{'step':>7} {'epoch':>7} {'loss':>7} {'train':>6} {'test':>6} {'prist':>6} {'corr':>6} {'overfit':>7}")
+    get = lambda k: now.get(k, float("nan"))  # noqa: E731
+    epoch = next(r["epoch"] for r in rows if r["step"] == step)
+    log(f"{step:>7} {epoch:>7.2f} {get(('train', 'loss')):>7.4f} {get(('train', 'accuracy')):>6.3f} "
+        f"{get(('test', 'accuracy')):>6.3f} {get(('pristine', 'accuracy')):>6.3f} "
+        f"{get(('corrupt', 'accuracy')):>6.3f} {get(('train', 'overfit')):>7.3f}")

@@ -1,0 +1,51 @@
+# Helpers shared by the rule files. The rule files hold only rules.
+import json
+import sys
+
+import yaml
+from snakemake.utils import validate
+
+from cglib import config as cgconfig
+
+# `--configfile studies/x.yaml` replaces params.yaml as a whole (Snakemake would deep-merge the
+# two; the stages read one file, so the Snakefile must see exactly that file too).
+PARAMS_FILE = workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles else "params.yaml"
+try:  # one line naming the key, exit code 2, before any job is scheduled
+    P = cgconfig.load_params(PARAMS_FILE)
+except cgconfig.ParamsError as err:
+    sys.stderr.write(f"params error: {err}\n")
+    sys.exit(cgconfig.EXIT_BAD_PARAMS)
+with open(PARAMS_FILE) as fh:
+    config.clear()
+    config.update(yaml.safe_load(fh) or {})
+validate(config, "../schemas/params.schema.yaml")  # Snakemake's own check; fills defaults too
+
+GRID = cgconfig.run_grid(P)
+PREPARED = f"data/prepared/{P['data']['dataset']}.pt"
+RUN_DIR = "results/runs/{optimizer}_c{clip}_noise{noise}_seed{seed}"
+
+
+wildcard_constraints:
+    optimizer="[a-z0-9]+",
+    clip=r"\d+",
+    noise=r"[0-9.eE+-]+",
+    seed=r"\d+",
+
+
+def stage_values(stage):
+    """JSON of the params a stage depends on: a change re-runs exactly the jobs it affects."""
+    return json.dumps(cgconfig.stage_params(P, stage), sort_keys=True)
+
+
+def run_outputs():
+    return [f"results/runs/{r['run']}/{name}" for r in GRID for name in ("metrics.parquet", "run.json")]
+
+
+def aggregate_outputs():
+    plots = [f"results/plots/{s}_accuracy.csv" for s in ("train", "test", "pristine", "corrupt")]
+    return ["results/metrics.parquet", "results/runs.parquet", "results/summary.json",
+            "results/plots/learning_curves.png", *plots]
+
+
+def train_threads():
+    return P["train"]["threads"] or 1

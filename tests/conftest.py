@@ -1,0 +1,47 @@
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+
+def run_stage(stage: str, *args, cwd=ROOT, check=False, timeout=600):
+    """Run stages/<stage>.py as the engines do; returns the CompletedProcess."""
+    env = dict(os.environ, PATH=f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    proc = subprocess.run([PY, str(ROOT / "stages" / f"{stage}.py"), *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, env=env, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{stage} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def write_params(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+def tiny_params(**train) -> dict:
+    """A synthetic study that trains in about a second."""
+    t = dict(optimizers=[{"name": "sgd", "clip": 0}], seeds=[0], lr=0.1, batch_size=20, steps=60,
+             eval_per_decade=3, checkpoint_every=20, threads=1, device="cpu")
+    t.update(train)
+    return {"study": "tiny",
+            "data": {"dataset": "synthetic", "n_train": 200, "n_test": 100,
+                     "synthetic": {"dim": 10, "classes": 4, "n_train_total": 400, "n_test_total": 200}},
+            "corrupt": {"noise": [0.0, 0.5]}, "model": {"name": "mlp", "hidden": [32]}, "train": t}
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """A copy of the workflow files (not data/results) in a temp folder."""
+    for name in ("Snakefile", "dvc.yaml", "params.yaml", ".dvcignore"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    for name in ("rules", "stages", "schemas", "studies", "profiles", "cglib"):
+        shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path

@@ -1,0 +1,108 @@
+"""Params validation: one line naming the key, exit code 2, nothing written."""
+import copy
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cglib import config
+from conftest import PY, ROOT, run_stage, tiny_params, write_params
+
+BAD = [  # (mutation of the default params, key the message must name)
+    (lambda p: p["corrupt"].update(noise=[0, 1.5]), "corrupt.noise[1]"),
+    (lambda p: p["corrupt"].update(noise=[-0.1]), "corrupt.noise[0]"),
+    (lambda p: p["train"].update(steps=0), "train.steps"),
+    (lambda p: p["train"].update(lrr=0.1), "train.lrr"),
+    (lambda p: p.update(trian={}), "trian"),
+    (lambda p: p["data"].update(dataset="imagenet"), "data.dataset"),
+    (lambda p: p["train"].update(optimizers=[{"name": "adamw"}]), "train.optimizers[0].name"),
+    (lambda p: p["model"].update(name="vgg"), "model.name"),
+    (lambda p: p["train"].update(optimizers=[{"name": "winsorized", "clip": 50}]), "train.optimizers[0].clip"),
+    (lambda p: p["train"].update(seeds=[1.5]), "train.seeds[0]"),
+    (lambda p: p["train"].update(optimizers=[{"name": "m3", "clip": 0}]), "train.batch_size"),
+    (lambda p: p["train"].update(optimizers=[{"name": "rm3", "clip": 2}]), "train.optimizers[0].clip"),
+    (lambda p: p["train"].update(lr="fast"), "train.lr"),
+    (lambda p: p["data"].update(n_train=-5), "data.n_train"),
+]
+
+
+def default_params():
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def test_default_and_studies_are_valid():
+    for path in [ROOT / "params.yaml", *sorted((ROOT / "studies").glob("*.yaml"))]:
+        p = config.load_params(path)
+        assert p["train"]["optimizers"], path
+
+
+def test_defaults_are_filled():
+    p = config.validate({})
+    assert p["data"]["dataset"] == "fashion_mnist"
+    assert p["corrupt"]["noise"] == [0, 0.25, 0.5, 0.75, 1.0]
+    assert p["train"]["optimizers"] == [{"name": "sgd", "clip": 0}]
+    p = config.validate({"train": {"optimizers": [{"name": "rm3"}]}})
+    assert p["train"]["optimizers"] == [{"name": "rm3", "clip": 0}]
+
+
+def test_every_schema_property_has_description_and_default():
+    def walk(node, where):
+        for name, sub in node.get("properties", {}).items():
+            assert "description" in sub, f"{where}.{name}"
+            assert "default" in sub, f"{where}.{name}"
+            walk(sub, f"{where}.{name}")
+        if "items" in node:
+            walk(node["items"], where + "[]")
+    walk(config.schema(), "params")
+
+
+@pytest.mark.parametrize("mutate,key", BAD, ids=[k for _, k in BAD])
+def test_bad_params_one_line_through_stage(tmp_path, mutate, key):
+    p = default_params()
+    mutate(p)
+    with pytest.raises(config.ParamsError) as err:
+        config.validate(p)
+    assert str(err.value).startswith(key)
+    out = tmp_path / "prepared.pt"
+    proc = run_stage("prepare", "--params", write_params(tmp_path / "bad.yaml", p), "--out", out)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0], proc.stderr
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("mutate,key", BAD[:9], ids=[k for _, k in BAD[:9]])
+def test_bad_params_through_snakemake_dry_run(workdir, mutate, key):
+    p = default_params()
+    mutate(p)
+    write_params(workdir / "bad.yaml", p)
+    env = dict(os.environ, PATH=f"{Path(PY).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run([str(Path(PY).parent / "snakemake"), "-n", "--configfile", "bad.yaml"],
+                          cwd=workdir, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"params error: {key}" in proc.stderr
+    assert not (workdir / "results").exists() and not (workdir / "data").exists()
+
+
+def test_bad_params_through_train_stage_flags(tmp_path):
+    params = write_params(tmp_path / "p.yaml", tiny_params())
+    proc = run_stage("train", "--params", params, "--data", "x", "--labels", "y", "--noise", "0",
+                     "--optimizer", "winsorized", "--clip", "10", "--seed", "0", "--out", tmp_path / "run")
+    assert proc.returncode == 2 and "clip" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_run_grid_names_and_stage_params():
+    p = config.validate({"corrupt": {"noise": [0, 0.5]},
+                         "train": {"optimizers": [{"name": "sgd", "clip": 0}, {"name": "winsorized", "clip": 2}],
+                                   "seeds": [0, 1]}})
+    names = [r["run"] for r in config.run_grid(p)]
+    assert len(names) == len(set(names)) == 8
+    assert "winsorized_c2_noise0.5_seed1" in names and "sgd_c0_noise0_seed0" in names
+    q = copy.deepcopy(p)
+    q["train"]["seeds"] = [0, 1, 2]  # growing the grid changes no stage's params
+    assert all(config.stage_params(p, s) == config.stage_params(q, s) for s in config.STAGE_KEYS)
+    q["train"]["lr"] = 0.05
+    assert config.stage_params(p, "train") != config.stage_params(q, "train")

@@ -1,0 +1,93 @@
+import gzip
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torchvision.datasets.mnist import read_image_file, read_label_file
+
+from cglib import data
+from conftest import run_stage, tiny_params, write_params
+
+FASHION = data.DEBIAN_FASHION
+
+
+def test_idx_reader_matches_torchvision_on_fashion_mnist(tmp_path):
+    for stem, tv_read in (("t10k-images-idx3-ubyte", read_image_file), ("t10k-labels-idx1-ubyte", read_label_file)):
+        plain = tmp_path / stem
+        with gzip.open(FASHION / f"{stem}.gz", "rb") as src, open(plain, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        ours_gz = data.read_idx(FASHION / f"{stem}.gz")
+        ours_plain = data.read_idx(plain)
+        theirs = tv_read(str(plain)).numpy()
+        assert np.array_equal(ours_gz, theirs) and np.array_equal(ours_plain, theirs)
+
+
+def test_fashion_mnist_loads_whole_sets():
+    raw = data.load_raw("fashion_mnist")
+    assert raw["x_train"].shape == (60000, 1, 28, 28) and raw["x_test"].shape == (10000, 1, 28, 28)
+    assert raw["x_train"].dtype == np.uint8 and set(np.unique(raw["y_train"])) == set(range(10))
+
+
+def _copy_fashion(dst, truncate=None, drop=None):
+    dst.mkdir()
+    for f in FASHION.glob("*.gz"):
+        if drop and f.name.startswith(drop):
+            continue
+        with gzip.open(f, "rb") as src:
+            raw = src.read()
+        if truncate and f.name.startswith(truncate):
+            raw = raw[: len(raw) // 2]
+        (dst / f.name[:-3]).write_bytes(raw)
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    raw_dir = tmp_path / "raw"
+    _copy_fashion(raw_dir, truncate="train-images")
+    with pytest.raises(data.DataError, match="train-images-idx3-ubyte.*truncated.*apt-get install"):
+        data.load_raw("fashion_mnist", str(raw_dir))
+    # a truncated gzip stream, too
+    gz = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    gz.write_bytes((FASHION / gz.name).read_bytes()[:100])
+    with pytest.raises(data.DataError, match="t10k-labels-idx1-ubyte.gz"):
+        data.read_idx(gz)
+
+
+def test_missing_file_through_the_stage(tmp_path):
+    raw_dir = tmp_path / "raw"
+    _copy_fashion(raw_dir, drop="t10k-images")
+    p = tiny_params()
+    p["data"] = {"dataset": "fashion_mnist", "raw_dir": str(raw_dir), "n_train": 100}
+    out = tmp_path / "prep.pt"
+    proc = run_stage("prepare", "--params", write_params(tmp_path / "p.yaml", p), "--out", out)
+    assert proc.returncode == 1 and not out.exists()
+    assert "t10k-images-idx3-ubyte" in proc.stderr and "not found" in proc.stderr
+
+
+def test_prepare_subsets_are_seeded_and_normalised(tmp_path):
+    p = {"dataset": "fashion_mnist", "raw_dir": "", "n_train": 500, "n_test": 300, "seed": 0}
+    a, b = data.prepare(p), data.prepare(p)
+    c = data.prepare({**p, "seed": 1})
+    assert len(a["y_train"]) == 500 and len(a["y_test"]) == 300
+    assert torch.equal(a["source_train"], b["source_train"]) and not torch.equal(a["source_train"], c["source_train"])
+    torch.save(a, tmp_path / "d.pt")
+    loaded = data.load_prepared(tmp_path / "d.pt")
+    x = loaded["x_train"]
+    assert x.dtype == torch.float32 and x.shape == (500, 1, 28, 28)
+    assert abs(x.mean().item()) < 1e-3 and abs(x.std().item() - 1) < 1e-2
+
+
+def test_synthetic_is_deterministic_and_learnable():
+    a = data.make_synthetic(seed=0, dim=5, classes=3, n_train_total=300, n_test_total=100)
+    b = data.make_synthetic(seed=0, dim=5, classes=3, n_train_total=300, n_test_total=100)
+    assert np.array_equal(a["x_train"], b["x_train"]) and a["num_classes"] == 3
+    # nearest class mean classifies well above chance: the clusters carry signal
+    means = np.stack([a["x_train"][a["y_train"] == k].mean(0) for k in range(3)])
+    pred = ((a["x_test"][:, None] - means[None]) ** 2).sum(-1).argmin(1)
+    assert (pred == a["y_test"]).mean() > 0.6
+
+
+def test_subset_larger_than_set_is_an_error():
+    with pytest.raises(data.DataError, match="only"):
+        data.prepare({"dataset": "synthetic", "raw_dir": "", "n_train": 10**6, "n_test": 0, "seed": 0,
+                      "synthetic": {"n_train_total": 100, "n_test_total": 50}})
