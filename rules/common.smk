@@ -1,5 +1,6 @@
 # Helpers shared by the rule files. The rule files hold only rules.
 import json
+import os
 import sys
 
 import yaml
@@ -9,7 +10,9 @@ from cglib import config as cgconfig
 
 # `--configfile studies/x.yaml` replaces params.yaml as a whole (Snakemake would deep-merge the
 # two; the stages read one file, so the Snakefile must see exactly that file too).
-PARAMS_FILE = workflow.overwrite_configfiles[-1] if workflow.overwrite_configfiles else "params.yaml"
+PARAMS_FILE = "params.yaml"
+if workflow.overwrite_configfiles:
+    PARAMS_FILE = os.path.relpath(workflow.overwrite_configfiles[-1])
 try:  # one line naming the key, exit code 2, before any job is scheduled
     P = cgconfig.load_params(PARAMS_FILE)
 except cgconfig.ParamsError as err:

@@ -1,0 +1,105 @@
+"""The training loop: schedules, determinism, kill-and-resume, divergence."""
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from cglib import config
+from cglib.train import batch_indices, eval_steps, lr_at
+from conftest import PY, ROOT, run_stage, tiny_params, write_params
+
+
+def test_eval_steps_log_spaced():
+    assert eval_steps(1000) == [0, *range(1, 10), *range(10, 100, 10), *range(100, 1000, 100), 1000]
+    s = eval_steps(12345, 3)
+    assert s[0] == 0 and s[-1] == 12345 and s == sorted(set(s))
+    assert {1, 4, 7, 10, 40, 70, 100} <= set(s)
+
+
+def test_lr_schedules():
+    t = dict(lr=0.1, lr_schedule="step", lr_milestones=[10, 20], lr_gamma=0.1, steps=30)
+    assert [round(lr_at(s, t), 6) for s in (0, 9, 10, 19, 20, 29)] == [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
+    t.update(lr_schedule="cosine")
+    assert lr_at(0, t) == pytest.approx(0.1) and lr_at(15, t) == pytest.approx(0.05) and lr_at(30, t) < 1e-12
+
+
+def test_batches_cover_each_epoch_once():
+    cache = {}
+    epoch = torch.cat([batch_indices(s, 100, 20, seed=3, cache=cache) for s in range(5)])
+    assert sorted(epoch.tolist()) == list(range(100))
+    again = torch.cat([batch_indices(s, 100, 20, seed=3, cache={}) for s in range(5)])
+    assert torch.equal(epoch, again)
+    assert not torch.equal(batch_indices(5, 100, 20, 3, {}), batch_indices(0, 100, 20, 3, {}))
+
+
+def prepare_tiny(tmp_path, **train):
+    params = write_params(tmp_path / "p.yaml", tiny_params(**train))
+    run_stage("prepare", "--params", params, "--out", tmp_path / "d.pt", check=True)
+    run_stage("corrupt", "--params", params, "--data", tmp_path / "d.pt", "--noise", "0.5",
+              "--out", tmp_path / "c.parquet", check=True)
+    return params
+
+
+def train_args(params, tmp_path, out, optimizer="sgd", clip=0, ckpt=None):
+    return ["--params", params, "--data", tmp_path / "d.pt", "--labels", tmp_path / "c.parquet",
+            "--noise", "0.5", "--optimizer", optimizer, "--clip", str(clip), "--seed", "0",
+            "--out", tmp_path / out, "--checkpoint", ckpt or tmp_path / f"{out}.ckpt"]
+
+
+def test_same_params_same_bytes(tmp_path):
+    params = prepare_tiny(tmp_path)
+    for out in ("a", "b"):
+        run_stage("train", *train_args(params, tmp_path, out), check=True)
+    a = (tmp_path / "a" / "metrics.parquet").read_bytes()
+    assert a == (tmp_path / "b" / "metrics.parquet").read_bytes()
+    assert (tmp_path / "a" / "run.json").read_text() == (tmp_path / "b" / "run.json").read_text()
+    assert not (tmp_path / "a.ckpt").exists()  # a finished run leaves no checkpoint behind
+
+
+@pytest.mark.parametrize("optimizer,clip", [("sgd", 0), ("rm3", 0)])
+def test_sigkill_then_resume_matches_unbroken_run(tmp_path, optimizer, clip):
+    params = prepare_tiny(tmp_path, steps=3000, checkpoint_every=100, batch_size=30, eval_per_decade=9)
+    run_stage("train", *train_args(params, tmp_path, "whole", optimizer, clip), check=True)
+
+    ckpt = tmp_path / "killed.ckpt"
+    cmd = [PY, str(ROOT / "stages" / "train.py"), *map(str, train_args(params, tmp_path, "killed", optimizer, clip, ckpt))]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # let it run past the checkpoint before the kill
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "no checkpoint was written before the kill"
+    assert not (tmp_path / "killed" / "metrics.parquet").exists()
+    saved = torch.load(ckpt, weights_only=False)["step"]
+    assert 0 < saved < 3000
+
+    resumed = run_stage("train", *train_args(params, tmp_path, "killed", optimizer, clip, ckpt), check=True)
+    assert f"resumed from {ckpt} at step" in resumed.stderr
+    assert (tmp_path / "killed" / "metrics.parquet").read_bytes() == (tmp_path / "whole" / "metrics.parquet").read_bytes()
+
+
+def test_divergence_is_marked_and_outputs_written(tmp_path):
+    params = prepare_tiny(tmp_path, lr=1e30)
+    proc = run_stage("train", *train_args(params, tmp_path, "boom"))
+    assert proc.returncode == 0, proc.stderr
+    meta = pd.read_json(tmp_path / "boom" / "run.json", typ="series")
+    assert meta["status"] == "diverged" and meta["steps_done"] < 60
+    m = pd.read_parquet(tmp_path / "boom" / "metrics.parquet")
+    assert (m["step"] == 0).any()
+
+
+def test_run_learns_pristine_before_corrupt(tmp_path):
+    """CG §2.3 on a real (tiny) run: after a few steps pristine accuracy leads corrupt accuracy
+    by a wide margin; by the end the corrupt labels are being memorised too."""
+    params = prepare_tiny(tmp_path, steps=1500, lr=0.2, eval_per_decade=9)
+    run_stage("train", *train_args(params, tmp_path, "r"), check=True)
+    m = pd.read_parquet(tmp_path / "r" / "metrics.parquet")
+    acc = m[m["metric"] == "accuracy"].pivot_table(index="step", columns="split", values="value")
+    assert acc.loc[50, "pristine"] - acc.loc[50, "corrupt"] > 0.3
+    assert acc.loc[1500, "corrupt"] > acc.loc[50, "corrupt"] + 0.2
+    assert set(m["experiment"]) == {"E1"} and config.run_name("sgd", 0, "0.5", 0) == m["run"].iloc[0]
