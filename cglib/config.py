@@ -147,7 +147,8 @@ STAGE_KEYS = {
     "corrupt": ["corrupt.seed"],
     "train": ["model", "train.base", "train.lr", "train.momentum", "train.weight_decay",
               "train.lr_schedule", "train.lr_milestones", "train.lr_gamma", "train.batch_size",
-              "train.steps", "train.eval_per_decade", "train.eval_train_sample"],
+              "train.steps", "train.eval_per_decade", "train.eval_train_sample", "train.coherence",
+              "train.shares"],
     "aggregate": ["study"],
 }
 

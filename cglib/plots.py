@@ -41,9 +41,78 @@ def learning_curves(metrics: pd.DataFrame, path: str | Path) -> None:
                 ax.set_xlabel("step")
     axes[0][0].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
+    _save(fig, path)
+
+
+def _save(fig, path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     os.replace(tmp, path)
+
+
+def _empty(path, what: str) -> None:
+    """The engines declare every figure up front; a study that does not measure `what` gets a
+    placeholder saying so rather than a missing file."""
+    fig, ax = plt.subplots(figsize=(4, 1.5))
+    ax.axis("off")
+    ax.text(0.5, 0.5, f"this study does not measure {what}", ha="center", va="center")
+    _save(fig, path)
+
+
+def coherence_curves(metrics: pd.DataFrame, path) -> None:
+    """E7 (MC Fig. 3 style): m-coherence over steps, one panel per layer ("all" first),
+    one line per noise level; solid = train sample, dashed = test sample (SGD runs, seed mean)."""
+    coh = metrics[(metrics["metric"] == "m_coherence") & (metrics["experiment"] == "E7")]
+    if coh.empty:
+        return _empty(path, "m-coherence (train.coherence)")
+    coh = coh[coh["optimizer"] == ("sgd" if "sgd" in set(coh["optimizer"]) else coh["optimizer"].min())]
+    layers = ["all"] + sorted(set(coh["layer"]) - {"all"})
+    noises = sorted(coh["noise"].unique())
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.4 * len(layers), 3), squeeze=False)
+    for ax, layer in zip(axes[0], layers):
+        for i, noise in enumerate(noises):
+            for split, style in (("train", "-"), ("test", "--")):
+                c = coh[(coh["layer"] == layer) & (coh["noise"] == noise) & (coh["split"] == split)]
+                curve = c.groupby("step")["value"].mean()
+                if not curve.empty:
+                    ax.plot(curve.index, curve.values, color=f"C{i}", linestyle=style,
+                            label=f"ε={noise:g} {split}")
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_yscale("log")
+        ax.set_title(f"layer {layer}")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("m-coherence")
+    axes[0][0].legend(fontsize=6)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def share_curves(metrics: pd.DataFrame, path) -> None:
+    """E2 (CG Fig. 2 style): f^p and f^c over the tracked steps per noise level; the real
+    designation bold, the K null worlds thin (SGD runs, first seed)."""
+    f = metrics[metrics["metric"].isin(["f_pristine", "f_corrupt"]) & (metrics["experiment"] == "E2")]
+    if f.empty:
+        return _empty(path, "loss-reduction shares (train.shares)")
+    f = f[(f["optimizer"] == ("sgd" if "sgd" in set(f["optimizer"]) else f["optimizer"].min()))
+          & (f["seed"] == f["seed"].min())]
+    noises = sorted(n for n in f["noise"].unique() if 0 < n < 1) or sorted(f["noise"].unique())
+    fig, axes = plt.subplots(1, len(noises), figsize=(3.4 * len(noises), 3), sharey=True, squeeze=False)
+    for ax, noise in zip(axes[0], noises):
+        cell = f[f["noise"] == noise]
+        for (metric, null), g in cell.groupby(["metric", "null"]):
+            real = null == -1
+            g = g.sort_values("step")
+            ax.plot(g["step"], g["value"], color="C2" if metric == "f_pristine" else "C3",
+                    linewidth=2 if real else 0.7, alpha=1 if real else 0.6,
+                    label=(metric if real else None))
+        ax.set_title(f"noise {noise:g} (thin: nulls)")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("share of loss reduction")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)

@@ -80,12 +80,18 @@ def run_row(params: dict, spec: dict, status: str, steps_done: int, final: dict)
             "hidden": json.dumps(params["model"].get("hidden")), **final}
 
 
-def summary(params: dict, runs: pd.DataFrame) -> dict:
-    """results/summary.json (DVC metrics): final numbers per run."""
+def summary(params: dict, runs: pd.DataFrame, metrics: pd.DataFrame) -> dict:
+    """results/summary.json (DVC metrics): final numbers per run, coherence peaks (E7) and the
+    steps where the pristine and corrupt shares of the loss reduction cross (E2)."""
     keep = [c for c in runs.columns if c.endswith(("_accuracy", "_loss", "_overfit"))]
-    return {"study": params["study"], "runs": {
+    out = {"study": params["study"], "runs": {
         r["run"]: {"status": r["status"], **{k: round(float(r[k]), 6) for k in keep if pd.notna(r[k])}}
         for r in runs.to_dict("records")}}
+    if (metrics["experiment"] == "E7").any():
+        out["m_coherence_peaks"] = coherence_peaks(metrics)
+    if (metrics["experiment"] == "E2").any():
+        out["share_crossings"] = share_crossings(metrics)
+    return out
 
 
 def plot_tables(metrics: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -98,4 +104,37 @@ def plot_tables(metrics: pd.DataFrame) -> dict[str, pd.DataFrame]:
         # declare these files up front
         wide = sel.pivot_table(index="step", columns="run", values="value", sort=True)
         out[f"{split}_accuracy"] = wide.reset_index() if not sel.empty else pd.DataFrame({"step": []})
+    return out
+
+
+# ---------------------------------------------------------------------------- E2 / E7 digests
+
+def coherence_peaks(metrics: pd.DataFrame) -> dict:
+    """Per run and sample split: the peak m-coherence of the whole model and of each layer."""
+    coh = metrics[(metrics["metric"] == "m_coherence") & (metrics["experiment"] == "E7")]
+    out = {}
+    for (run, split, layer), g in coh.groupby(["run", "split", "layer"], sort=True):
+        g = g.dropna(subset=["value"])
+        if g.empty:
+            continue
+        top = g.loc[g["value"].idxmax()]
+        out.setdefault(run, {}).setdefault(split, {})[layer] = {"peak": round(float(top["value"]), 4),
+                                                                "step": int(top["step"])}
+    return out
+
+
+def share_crossings(metrics: pd.DataFrame, hold: int = 5) -> dict:
+    """Per run and designation (real = -1, nulls 0…K-1): the first step from which the pristine
+    share of the loss reduction stays below the corrupt share (f^p < f^c) for `hold` tracked
+    steps in a row (a single noisy dip is not a crossing), None if it never does; and f^p at
+    step 0. CG §2.4: at 25 % and 50 % noise the real curves cross, the nulls do not."""
+    f = metrics[(metrics["metric"] == "f_pristine") & (metrics["experiment"] == "E2")]
+    out = {}
+    for (run, null), g in f.groupby(["run", "null"], sort=True):
+        g = g.sort_values("step")
+        stays = (g["value"] < 0.5)[::-1].astype(int).rolling(hold, min_periods=1).min()[::-1]
+        below = g[stays.astype(bool) & (g["value"] < 0.5)]
+        out.setdefault(run, {})["real" if null == -1 else f"null{null}"] = {
+            "f_pristine_at_0": round(float(g["value"].iloc[0]), 4),
+            "crossing_step": int(below["step"].iloc[0]) if len(below) else None}
     return out

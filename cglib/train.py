@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cglib.models import build_model
+from cglib.probes import make_probes
 from cglib.robust import make_gradient_transform
 
 EXPERIMENT_OF = {"sgd": "E1", "winsorized": "E3", "m3": "E4", "rm3": "E4", "ra3": "E4"}
@@ -141,6 +142,7 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
     model = build_model(params["model"], data["input_shape"], data["num_classes"]).to(device)
     optimizer = make_optimizer(model, t)
     transform = make_gradient_transform(spec["optimizer"], spec["clip"])
+    probes = make_probes(t, data, labels, corrupt, log)
 
     sample = t["eval_train_sample"]
     eval_idx = torch.arange(n, device=device)
@@ -158,8 +160,10 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         transform.load_state_dict(ckpt["transform"])
+        for name, probe in probes.items():
+            probe.load_state_dict(ckpt["probes"][name])
         rows, start = ckpt["rows"], ckpt["step"]
-        resumed_at = start  # its evaluation rows are already in the checkpoint
+        resumed_at = start  # its measurements are already in the checkpoint
         log(f"resumed from {checkpoint} at step {start}")
 
     schedule = set(eval_steps(t["steps"], t["eval_per_decade"]))
@@ -170,15 +174,20 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
     bar = tqdm(range(start, t["steps"] + 1), initial=start, total=t["steps"] + 1,
                disable=None if progress else True, desc=spec["run"], leave=False)
     for step in bar:
-        if step in schedule and step != resumed_at:
-            for r in evaluate(model, run):
-                rows.append(dict(r, step=step, epoch=step * batch / n, experiment=experiment))
-            _log_eval(log, step, rows)
+        if step != resumed_at:  # measure at θ_step, before this step's update
+            scheduled = step in schedule
+            new = [dict(r, experiment=experiment) for r in evaluate(model, run)] if scheduled else []
+            for probe in probes.values():
+                new += probe.rows(step, model, scheduled)
+            rows += [dict(r, step=step, epoch=step * batch / n) for r in new]
+            if scheduled:
+                _log_eval(log, step, rows)
         if step == t["steps"]:
             break
         if checkpoint is not None and step > start and step % t["checkpoint_every"] == 0:
             _save_atomic(dict(fingerprint=fingerprint, step=step, rows=rows, model=model.state_dict(),
-                              optimizer=optimizer.state_dict(), transform=transform.state_dict()), checkpoint)
+                              optimizer=optimizer.state_dict(), transform=transform.state_dict(),
+                              probes={k: p.state_dict() for k, p in probes.items()}), checkpoint)
         idx = batch_indices(step, n, batch, spec["seed"], cache).to(device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, t)
@@ -196,7 +205,8 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
 
 
 def _log_eval(log: Callable, step: int, rows: list[dict]) -> None:
-    now = {(r["split"], r["metric"]): r["value"] for r in rows if r["step"] == step}
+    now = {(r["split"], r["metric"]): r["value"] for r in rows
+           if r["step"] == step and r.get("layer", "all") == "all" and r.get("null", -1) == -1}
     if step == 0:
         log(f"{'step':>7} {'epoch':>7} {'loss':>7} {'train':>6} {'test':>6} {'prist':>6} {'corr':>6} {'overfit':>7}")
     get = lambda k: now.get(k, float("nan"))  # noqa: E731

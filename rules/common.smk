@@ -47,7 +47,8 @@ def run_outputs():
 def aggregate_outputs():
     plots = [f"results/plots/{s}_accuracy.csv" for s in ("train", "test", "pristine", "corrupt")]
     return ["results/metrics.parquet", "results/runs.parquet", "results/summary.json",
-            "results/plots/learning_curves.png", *plots]
+            "results/plots/learning_curves.png", "results/plots/m_coherence.png",
+            "results/plots/loss_shares.png", *plots]
 
 
 def train_threads():

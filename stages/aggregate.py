@@ -27,10 +27,12 @@ def main(argv=None):
     out = Path(args.out)
     tables.write_parquet(metrics, out / "metrics.parquet")
     tables.write_parquet(runs_df, out / "runs.parquet")
-    tables.write_json(tables.summary(params, runs_df), out / "summary.json")
+    tables.write_json(tables.summary(params, runs_df, metrics), out / "summary.json")
     for name, wide in tables.plot_tables(metrics).items():
         tables.write_text(wide.to_csv(index=False, float_format="%.6g"), out / "plots" / f"{name}.csv")
     plots.learning_curves(metrics, out / "plots" / "learning_curves.png")
+    plots.coherence_curves(metrics, out / "plots" / "m_coherence.png")
+    plots.share_curves(metrics, out / "plots" / "loss_shares.png")
 
     log(f"{len(grid)} runs, {len(metrics)} metric rows → {out}/metrics.parquet")
     cols = ["run", "status", "train_accuracy", "pristine_accuracy", "corrupt_accuracy", "test_accuracy"]

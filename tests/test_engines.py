@@ -64,3 +64,15 @@ def test_dvc_params_match_stage_keys():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name, keys in STAGE_KEYS.items():
         assert stages[name]["params"] == keys, name
+
+
+@pytest.mark.parametrize("study", sorted(p.name for p in (ROOT / "studies").glob("*.yaml")))
+def test_every_study_validates_and_dry_runs(workdir, study):
+    """Paper-scale presets are not run here, but they parse, validate and plan a full DAG."""
+    out = subprocess.run([str(BIN / "snakemake"), "-n", "--configfile", f"studies/{study}"], cwd=workdir,
+                         env=engine_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    from cglib.config import load_params, run_grid
+
+    n_runs = len(run_grid(load_params(ROOT / "studies" / study)))
+    assert any(line.split()[:2] == ["train", str(n_runs)] for line in (out.stdout + out.stderr).splitlines())

@@ -1,0 +1,390 @@
+"""m-coherence of per-example gradients (MC §3), for a matrix and, streamed, for a model.
+
+For per-example gradients g_1..g_m:  alpha = ‖Σ g_i‖² / (m · Σ ‖g_i‖²)  and  m-coherence = m·alpha,
+i.e. ‖Σ g_i‖² / Σ ‖g_i‖². Both are functions of two running sums, so `model_m_coherence` never
+stores per-example gradients: the summed gradient comes from ordinary backward passes and the
+per-example squared norms from closed forms per layer type, streamed over the sample in chunks:
+
+- Linear      ‖∇W_i‖² = ‖a_i‖²·‖δ_i‖², ‖∇b_i‖² = ‖δ_i‖²  (a = layer input, δ = grad of its output);
+              with extra leading dims, ‖Σ_t δ_t a_tᵀ‖² = Σ_{t,s} (a_t·a_s)(δ_t·δ_s) (Gram form)
+              or the per-example gradient itself, whichever is smaller.
+- Conv2d      ∇W_i = δ_i (C_out × L) @ unfold(a_i)ᵀ (L × C_in·k·k), per group (im2col form).
+- BatchNorm   (eval mode) ∇γ_i = Σ_spatial δ_i·x̂_i, ∇β_i = Σ_spatial δ_i with running statistics.
+- anything else (and any module called twice or sharing a parameter): exact per-example grads
+  of that module's parameters only, by torch.func vmap(grad(functional_call)).
+
+Gradients are taken in eval mode: BatchNorm then uses its running statistics, so each example's
+loss depends on that example alone and the per-example decomposition g = Σ g_i is well defined
+(MC appendix B). Prime the running statistics first (`prime_batchnorm`) when they are stale.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from torch.nn.modules.batchnorm import _BatchNorm
+
+# Elements in one block of per-example intermediates (conv patches, Linear Gram / gradients):
+# bounds memory whatever the chunk size.
+_BLOCK_ELEMENTS = 1 << 24
+
+
+# ------------------------------------------------------------------ the metric on statistics
+
+def alpha_from_stats(sq_norm_of_sum: float, sum_of_sq_norms: float, m: int) -> float:
+    """alpha = ‖Σ g_i‖² / (m · Σ ‖g_i‖²); NaN when every g_i is zero (MC §4 leaves it undefined)."""
+    if m <= 0:
+        raise ValueError(f"alpha needs at least one example, got m={m}")
+    if sum_of_sq_norms == 0:
+        return math.nan
+    return float(sq_norm_of_sum) / (m * float(sum_of_sq_norms))
+
+
+def m_coherence_from_stats(sq_norm_of_sum: float, sum_of_sq_norms: float, m: int) -> float:
+    """m-coherence = m · alpha: 1 in the orthogonal limit, m when all g_i are identical."""
+    return m * alpha_from_stats(sq_norm_of_sum, sum_of_sq_norms, m)
+
+
+class CoherenceStats(NamedTuple):
+    """The sufficient statistics of one set of per-example gradients."""
+    sq_norm_of_sum: float   # ‖Σ g_i‖²
+    sum_of_sq_norms: float  # Σ ‖g_i‖²
+    m: int
+
+    @property
+    def alpha(self) -> float:
+        return alpha_from_stats(*self)
+
+    @property
+    def m_coherence(self) -> float:
+        return m_coherence_from_stats(*self)
+
+
+def coherence_stats(g: torch.Tensor) -> CoherenceStats:
+    """Statistics of an (m, d) matrix of per-example gradients (trailing dims are flattened)."""
+    if g.dim() < 2 or g.shape[0] == 0:
+        raise ValueError(f"expected an (m, d) tensor with m ≥ 1, got shape {tuple(g.shape)}")
+    g = g.detach().flatten(1).double()  # float64: ‖Σg‖² cancels heavily near stationary points
+    return CoherenceStats(g.sum(0).square().sum().item(), g.square().sum().item(), g.shape[0])
+
+
+def alpha(g: torch.Tensor) -> float:
+    """alpha (MC eq. 3) of the rows of an (m, d) tensor, in [0, 1]."""
+    return coherence_stats(g).alpha
+
+
+def m_coherence(g: torch.Tensor) -> float:
+    """m-coherence (MC §3) of the rows of an (m, d) tensor, in [0, m]."""
+    return coherence_stats(g).m_coherence
+
+
+# ------------------------------------------------------------------ mode and BatchNorm helpers
+
+def _device(model: nn.Module) -> torch.device:
+    for t in model.parameters():
+        return t.device
+    for t in model.buffers():
+        return t.device
+    return torch.device("cpu")
+
+
+def _chunks(n: int, chunk_size: int):
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be ≥ 1, got {chunk_size}")
+    for start in range(0, n, chunk_size):
+        yield slice(start, min(start + chunk_size, n))
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Put every submodule in eval mode and restore each one's own flag afterwards
+    (model.train() would not: a model may deliberately keep some modules in eval mode)."""
+    flags = [(mod, mod.training) for mod in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for mod, flag in flags:
+            mod.training = flag
+
+
+def _batchnorms(model: nn.Module) -> list[_BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, _BatchNorm) and m.running_mean is not None]
+
+
+@contextlib.contextmanager
+def _batchnorm_buffers_restored(model: nn.Module):
+    saved = [(bn, {k: v.clone() for k, v in bn.named_buffers(recurse=False)}) for bn in _batchnorms(model)]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for bn, buffers in saved:
+                for k, v in buffers.items():
+                    getattr(bn, k).copy_(v)
+
+
+def prime_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> nn.Module:
+    """Recompute BatchNorm running statistics on the sample x (MC appendix B): reset them, run
+    forward passes in train mode under no_grad with momentum=None (a cumulative average, so every
+    batch counts equally and nothing of the stale statistics survives), then restore momentum and
+    every module's train/eval flag. No parameter changes. Modifies the running statistics in place
+    — that is the point; `model_m_coherence(prime_bn=True)` undoes it after measuring."""
+    bns = _batchnorms(model)
+    if not bns or len(x) == 0:
+        return model
+    momenta = [bn.momentum for bn in bns]
+    flags = [(mod, mod.training) for mod in model.modules()]
+    # near-equal batches: no batch of one example (BatchNorm1d rejects it in train mode), and
+    # the cumulative average then weights examples almost equally
+    n_batches = max(1, math.ceil(len(x) / batch_size))
+    if n_batches > 1 and len(x) % batch_size == 1:
+        n_batches = max(1, len(x) // batch_size)
+    device = _device(model)
+    try:
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+        model.train()
+        with torch.no_grad():
+            for xb in x.tensor_split(n_batches):
+                model(xb.to(device, non_blocking=True))
+    finally:
+        for bn, momentum in zip(bns, momenta):
+            bn.momentum = momentum
+        for mod, flag in flags:
+            mod.training = flag
+    return model
+
+
+# ------------------------------------------------------------------ per-example squared norms
+# Each rule maps (module, layer input a, output grad δ) of one chunk to {param name: (N,) tensor}.
+
+def _linear_sq_norms(mod: nn.Linear, a: torch.Tensor, d: torch.Tensor) -> dict:
+    if a.dim() == 2:
+        d2 = d.square().sum(1)
+        return {"weight": a.square().sum(1) * d2, "bias": d2}
+    a, d = a.flatten(1, -2), d.flatten(1, -2)  # (N, T, in), (N, T, out): ∇W_i = Σ_t δ_t a_tᵀ
+    t, size = a.shape[1], a.shape[2] * d.shape[2]
+    block = max(1, _BLOCK_ELEMENTS // min(t * t, size))
+    weight = []
+    for s in _chunks(len(a), block):  # whichever of (T × T) Gram or (out × in) gradient is smaller
+        if t * t <= size:
+            weight.append(((a[s] @ a[s].transpose(1, 2)) * (d[s] @ d[s].transpose(1, 2))).sum((1, 2)))
+        else:
+            weight.append((d[s].transpose(1, 2) @ a[s]).square().sum((1, 2)))
+    return {"weight": torch.cat(weight), "bias": d.sum(1).square().sum(1)}
+
+
+def _conv2d_padded(mod: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
+    """The input as the convolution itself sees it, padding included."""
+    if isinstance(mod.padding, str):  # 'valid' or 'same': torch pads total//2 before, rest after
+        pads = []
+        for k, dil in zip(reversed(mod.kernel_size), reversed(mod.dilation)):
+            total = 0 if mod.padding == "valid" else dil * (k - 1)
+            pads += [total // 2, total - total // 2]
+    else:
+        pads = [p for p in reversed(mod.padding) for _ in range(2)]
+    if not any(pads):
+        return a.contiguous()
+    mode = "constant" if mod.padding_mode == "zeros" else mod.padding_mode
+    return F.pad(a, pads, mode=mode).contiguous()
+
+
+def _conv2d_sq_norms(mod: nn.Conv2d, a: torch.Tensor, d: torch.Tensor) -> dict:
+    # ∇W_i = δ_i (C_out × L) @ patches_i (L × C_in·kh·kw), per group. The patches are a strided
+    # view of the padded input copied once by reshape: the same matrix as F.unfold, ~2× faster.
+    a = _conv2d_padded(mod, a)
+    n, c_in, groups = a.shape[0], a.shape[1], mod.groups
+    (kh, kw), (dh, dw), (sh, sw) = mod.kernel_size, mod.dilation, mod.stride
+    ho, wo = d.shape[-2], d.shape[-1]
+    st = a.stride()
+    windows = a.as_strided((n, c_in, kh, kw, ho, wo),
+                           (st[0], st[1], st[2] * dh, st[3] * dw, st[2] * sh, st[3] * sw))
+    d = d.reshape(n, groups, mod.out_channels // groups, ho * wo)  # (N, G, C_out/G, L)
+    cols = c_in // groups * kh * kw
+    per_example = d.shape[2] * cols + ho * wo * (cols + d.shape[2])
+    block = max(1, _BLOCK_ELEMENTS // max(1, per_example))
+    weight = []
+    for s in _chunks(n, block):  # bounded memory: (block, C_in·kh·kw, L) patches at a time
+        patches = windows[s].reshape(-1, groups, cols, ho * wo)
+        weight.append((d[s] @ patches.transpose(-1, -2)).square().sum((1, 2, 3)))
+    return {"weight": torch.cat(weight), "bias": d.sum(-1).square().sum((1, 2))}
+
+
+def _batchnorm_sq_norms(mod: _BatchNorm, a: torch.Tensor, d: torch.Tensor) -> dict:
+    shape = (1, -1) + (1,) * (a.dim() - 2)
+    x_hat = (a - mod.running_mean.view(shape)) * torch.rsqrt(mod.running_var.view(shape) + mod.eps)
+    spatial = tuple(range(2, a.dim()))
+    gamma = (d * x_hat).sum(spatial) if spatial else d * x_hat
+    beta = d.sum(spatial) if spatial else d
+    return {"weight": gamma.square().sum(1), "bias": beta.square().sum(1)}
+
+
+def _rule(mod: nn.Module):
+    if type(mod) is nn.Linear:  # exact types: a subclass may change forward
+        return _linear_sq_norms
+    if type(mod) is nn.Conv2d:
+        return _conv2d_sq_norms
+    if isinstance(mod, _BatchNorm) and mod.running_mean is not None:
+        return _batchnorm_sq_norms
+    return None
+
+
+# ------------------------------------------------------------------ streaming over a model
+
+def _owners(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]]]:
+    """Qualified module name → its own trainable parameters (recurse=False)."""
+    owners = {}
+    for name, mod in model.named_modules():
+        own = [(pn, p) for pn, p in mod.named_parameters(recurse=False) if p.requires_grad]
+        if own:
+            owners[name] = own
+    return owners
+
+
+class _Reroute(Exception):
+    """Some fast-path modules cannot use their closed form (see `_chunk_stats`)."""
+
+    def __init__(self, modules):
+        super().__init__()
+        self.modules = modules
+
+
+def _chunk_stats(model, xc, yc, fast, fallback, params, qualified, sq_sums, g_sum):
+    """One chunk: summed gradient via autograd, per-example squared norms via hooks (fast
+    modules) and vmap (fallback parameters); accumulates into g_sum and sq_sums."""
+    n = len(xc)
+    calls, bad, handles = {}, set(), []
+
+    def forward_hook(mod, inputs, out):
+        calls[mod] = calls.get(mod, 0) + 1
+        a = inputs[0] if inputs and isinstance(inputs[0], torch.Tensor) else None
+        if a is None or a.dim() < 2 or a.shape[0] != n or not out.requires_grad:
+            bad.add(mod)  # batch not in dim 0 (or no grad path): closed form does not apply
+            return
+        a = a.detach()
+
+        def on_output_grad(d):
+            norms = _rule(mod)(mod, a, d.detach())
+            for pn, p in fast[mod]:
+                sq_sums[p] += norms[pn].sum(dtype=torch.float64)
+
+        out.register_hook(on_output_grad)
+
+    for mod in fast:
+        handles.append(mod.register_forward_hook(forward_hook))
+    try:
+        loss = F.cross_entropy(model(xc), yc, reduction="sum")
+        # a module called twice sums its contributions inside each example: norms don't add
+        reroute = bad | {mod for mod, k in calls.items() if k > 1}
+        if reroute:
+            raise _Reroute(reroute)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    for p, gp in zip(params, grads):
+        if gp is not None:
+            g_sum[p] += gp.double()
+
+    if fallback:
+        names = {qualified[p]: p for p in fallback}
+
+        def example_loss(ps, xi, yi):
+            out = functional_call(model, ps, (xi.unsqueeze(0),))
+            return F.cross_entropy(out, yi.unsqueeze(0), reduction="sum")
+
+        with torch.no_grad():  # torch.func.grad ignores the outer no_grad; the rest builds no graph
+            per_example = vmap(grad(example_loss), in_dims=(None, 0, 0))(
+                {k: p.detach() for k, p in names.items()}, xc, yc)
+        for k, p in names.items():
+            sq_sums[p] += per_example[k].square().sum(dtype=torch.float64)
+
+
+def model_coherence_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                          chunk_size: int = 1024, prime_bn: bool = False) -> dict[str, CoherenceStats]:
+    """`CoherenceStats` for "all" trainable parameters and for each parameter-owning module
+    (qualified name as in model.named_modules(); the root module, if it owns parameters, is "").
+    See `model_m_coherence` for the conventions."""
+    m = len(x)
+    if m == 0 or len(y) != m:
+        raise ValueError(f"need matching non-empty x and y, got {len(x)} and {len(y)}")
+    owners = _owners(model)
+    if "all" in owners:
+        raise ValueError('a module named "all" collides with the whole-model key')
+    for bn in (mod for mod in model.modules() if isinstance(mod, _BatchNorm)):
+        if bn.running_mean is None and any(p.requires_grad for p in bn.parameters()):
+            raise ValueError("BatchNorm without running statistics normalizes with batch statistics "
+                             "even in eval mode, so per-example gradients are not defined")
+    modules = dict(model.named_modules())
+    qualified = {}
+    for name, p in model.named_parameters():
+        qualified.setdefault(p, name)
+    owner_count = {}
+    for own in owners.values():
+        for _, p in own:
+            owner_count[p] = owner_count.get(p, 0) + 1
+    params = [p for p in qualified if p.requires_grad]  # unique trainable parameters, model order
+    rerouted = set()
+    device = _device(model)
+
+    with contextlib.ExitStack() as stack:
+        if prime_bn:  # measure on primed statistics, but leave training's own statistics alone
+            stack.enter_context(_batchnorm_buffers_restored(model))
+            prime_batchnorm(model, x, batch_size=chunk_size)
+        stack.enter_context(eval_mode(model))
+        while True:
+            fast = {modules[name]: own for name, own in owners.items()
+                    if _rule(modules[name]) is not None and modules[name] not in rerouted
+                    and all(owner_count[p] == 1 for _, p in own)}
+            fallback = [p for name, own in owners.items() if modules[name] not in fast for _, p in own]
+            fallback = list(dict.fromkeys(fallback))  # a shared parameter once
+            g_sum = {p: torch.zeros_like(p, dtype=torch.float64) for p in params}
+            sq_sums = {p: torch.zeros((), dtype=torch.float64, device=p.device) for p in params}
+            try:
+                for s in _chunks(m, chunk_size):
+                    xc = x[s].to(device, non_blocking=True)
+                    yc = y[s].to(device, non_blocking=True)
+                    _chunk_stats(model, xc, yc, fast, fallback, params, qualified, sq_sums, g_sum)
+                break
+            except _Reroute as err:
+                rerouted |= err.modules
+
+    def stats(ps) -> CoherenceStats:
+        num = sum(g_sum[p].square().sum().item() for p in ps)
+        den = sum(sq_sums[p].item() for p in ps)
+        return CoherenceStats(num, den, m)
+
+    out = {"all": stats(params)}
+    for name, own in owners.items():
+        out[name] = stats([p for _, p in own])
+    return out
+
+
+def model_m_coherence(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                      chunk_size: int = 1024, prime_bn: bool = False) -> dict[str, float]:
+    """Exact m-coherence of per-example cross-entropy gradients on the sample (x, y).
+
+    Returns {"all": m-coherence of all trainable parameters, <module name>: m-coherence of that
+    module's own trainable parameters} for every module owning parameters (recurse=False), names
+    as in model.named_modules(). alpha = value / len(x). NaN where every per-example gradient is 0.
+
+    - Eval mode during the passes; every module's train/eval flag is restored afterwards.
+      Nothing is written to p.grad. x, y may live on the CPU: chunks move to the model's device.
+    - Cost ≈ one forward+backward over the sample plus the closed-form norms (Linear, Conv2d,
+      BatchNorm); other parameter-owning modules cost a vmap per-example pass of their own.
+    - chunk_size bounds memory (activations of one chunk); the result does not depend on it.
+    - prime_bn=False (default) uses the BatchNorm running statistics as they are. prime_bn=True
+      first re-estimates them on x (`prime_batchnorm`, batches of chunk_size, MC appendix B),
+      measures, and then puts the model's statistics back, so a measurement never changes
+      training. The caller decides: prime when the statistics are stale (the first steps of
+      training), or prime once yourself on training inputs with `prime_batchnorm` and pass
+      prime_bn=False.
+    """
+    return {k: v.m_coherence for k, v in model_coherence_stats(model, x, y, chunk_size, prime_bn).items()}

@@ -1,0 +1,90 @@
+"""Measurements taken during training, beyond accuracy and loss.
+
+A probe is asked at every step, before that step's update (so at the weights θ_t), and returns
+metric rows: `CoherenceProbe` at the evaluation steps (E7: m-coherence and α per layer on a fixed
+train sample and a fixed test sample, MC §5), `ShareProbe` at every step up to a limit (E2:
+pristine / corrupt shares of the loss reduction with K null worlds, CG §2.4). Probes with state
+(the cumulative i^p, i^c) hand it to the checkpoint, so a resumed run ends with the same numbers.
+"""
+from __future__ import annotations
+
+import torch
+
+from cglib.coherence import model_coherence_stats
+from cglib.shares import LossShareTracker
+
+
+def _fixed_sample(n: int, size: int, seed: int, device) -> torch.Tensor:
+    if size >= n:
+        return torch.arange(n, device=device)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=gen)[:size].sort().values.to(device)
+
+
+class CoherenceProbe:
+    """m-coherence of per-example gradients, whole model and per parameter-owning module."""
+
+    def __init__(self, cfg: dict, x_train, y_train, x_test, y_test):
+        self.cfg = cfg
+        self.samples = {}
+        for split, x, y, seed in (("train", x_train, y_train, cfg["seed"]), ("test", x_test, y_test, cfg["seed"] + 1)):
+            size = cfg[f"{split}_sample"]
+            if size:  # 0 = this split is not measured
+                idx = _fixed_sample(len(x), size, seed, x.device)
+                self.samples[split] = (x[idx], y[idx])
+
+    def rows(self, step: int, model, scheduled: bool) -> list[dict]:
+        if not scheduled:
+            return []
+        out = []
+        for split, (x, y) in self.samples.items():
+            stats = model_coherence_stats(model, x, y, chunk_size=self.cfg["chunk_size"],
+                                          prime_bn=self.cfg["prime_bn"])
+            for layer, s in stats.items():
+                out += [dict(split=split, layer=layer or "root", metric="m_coherence", value=s.m_coherence),
+                        dict(split=split, layer=layer or "root", metric="alpha", value=s.alpha)]
+        return [dict(r, experiment="E7") for r in out]
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class ShareProbe:
+    """f^p, f^c, i^p, i^c on the whole training set, real designation (null −1) and K nulls."""
+
+    def __init__(self, cfg: dict, x_train, labels, corrupt, log=print):
+        self.steps = cfg["steps"]
+        self.x, self.y = x_train, labels
+        self.tracker = LossShareTracker(~corrupt.bool().cpu(), k_nulls=cfg["nulls"], seed=cfg["seed"],
+                                        chunk_size=cfg["chunk_size"])
+        if self.tracker.note:
+            log(f"loss-reduction shares: {self.tracker.note}")
+
+    def rows(self, step: int, model, scheduled: bool) -> list[dict]:
+        if step >= self.steps:
+            return []
+        out = []
+        for r in self.tracker.update(model, self.x, self.y):
+            out += [dict(split="train", metric=k, null=r["null"], value=v, experiment="E2")
+                    for k, v in r.items() if k != "null"]
+        return out
+
+    def state_dict(self) -> dict:
+        return self.tracker.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tracker.load_state_dict(state)
+
+
+def make_probes(train_params: dict, data: dict, labels, corrupt, log=print) -> dict:
+    """The probes a study asks for (`train.coherence`, `train.shares`), by name."""
+    probes = {}
+    coh = train_params["coherence"]
+    if coh["train_sample"] or coh["test_sample"]:
+        probes["coherence"] = CoherenceProbe(coh, data["x_train"], labels, data["x_test"], data["y_test"])
+    if train_params["shares"]["steps"]:
+        probes["shares"] = ShareProbe(train_params["shares"], data["x_train"], labels, corrupt, log)
+    return probes

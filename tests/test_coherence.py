@@ -1,0 +1,453 @@
+"""cglib.coherence and cglib.shares: the m-coherence properties of MC §3–4 on hand-made matrices,
+the streamed model computation against brute-force per-example gradients (torch.func), and the
+CG §2.4 loss-reduction shares against their per-example definition."""
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from cglib.coherence import (alpha, alpha_from_stats, coherence_stats, m_coherence,
+                             m_coherence_from_stats, model_coherence_stats, model_m_coherence,
+                             prime_batchnorm)
+from cglib.shares import LossShareTracker, loss_shares, null_designations
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _orthonormal(d, seed=0):
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=_gen(seed), dtype=torch.float64))
+    return q
+
+
+# =============================================================== MC §3–4 on hand-made matrices
+
+def test_orthogonal_rows_sit_at_the_orthogonal_limit():
+    m = 5
+    norms = torch.tensor([0.1, 1.0, 2.0, 7.0, 30.0], dtype=torch.float64)
+    g = _orthonormal(8)[:m] * norms[:, None]  # pairwise orthogonal, very different norms
+    assert alpha(g) == pytest.approx(1 / m, rel=1e-12)
+    assert m_coherence(g) == pytest.approx(1.0, rel=1e-12)
+
+
+def test_identical_rows_reach_m():
+    g = torch.randn(1, 13, generator=_gen(1), dtype=torch.float64).repeat(9, 1)
+    assert alpha(g) == pytest.approx(1.0, rel=1e-12)
+    assert m_coherence(g) == pytest.approx(9.0, rel=1e-12)
+
+
+def test_boundedness_theorem_1():
+    gen = _gen(2)
+    for trial in range(50):
+        m, d = int(torch.randint(2, 12, (1,), generator=gen)), int(torch.randint(1, 20, (1,), generator=gen))
+        g = torch.randn(m, d, generator=gen, dtype=torch.float64) + 3 * torch.randn(d, generator=gen,
+                                                                                   dtype=torch.float64)
+        a = alpha(g)
+        assert 0.0 <= a < 1.0  # rows differ, so strictly below 1
+        assert 0.0 <= m_coherence(g) <= m
+        assert m_coherence(g) == pytest.approx(m * a, rel=1e-12)
+
+
+def test_alpha_is_zero_iff_the_mean_gradient_is_zero():
+    g = torch.randn(6, 4, generator=_gen(3), dtype=torch.float64)
+    centred = g - g.mean(0)
+    assert alpha(centred) == pytest.approx(0.0, abs=1e-14)
+    assert alpha(g) > 1e-3
+
+
+def test_scale_invariance_lemma_2():
+    g = torch.randn(7, 5, generator=_gen(4), dtype=torch.float64)
+    for k in (-3.0, 1e-3, 1e4):
+        assert alpha(k * g) == pytest.approx(alpha(g), rel=1e-12)
+
+
+def test_invariant_to_row_order_and_orthogonal_change_of_coordinates():
+    g = torch.randn(7, 5, generator=_gen(5), dtype=torch.float64) + 1.0
+    perm = torch.randperm(7, generator=_gen(6))
+    assert alpha(g[perm]) == pytest.approx(alpha(g), rel=1e-12)
+    assert alpha(g @ _orthonormal(5, seed=7)) == pytest.approx(alpha(g), rel=1e-12)
+
+
+def test_equals_the_pairwise_dot_product_forms_of_eq_3():
+    g = torch.randn(6, 4, generator=_gen(8), dtype=torch.float64) + 0.5
+    gram = g @ g.T
+    mean_g = g.mean(0)
+    assert alpha(g) == pytest.approx((gram.mean() / gram.diagonal().mean()).item(), rel=1e-12)
+    assert alpha(g) == pytest.approx(((g @ mean_g).mean() / gram.diagonal().mean()).item(), rel=1e-12)
+
+
+def test_stylized_minibatching_theorem_3_and_amplification():
+    g = torch.randn(4, 3, generator=_gen(9), dtype=torch.float64) + 0.3
+    a = alpha(g)
+    for k in (2, 3):
+        # the exact distribution of the mean of k i.i.d. uniform draws: all 4^k ordered tuples
+        idx = torch.cartesian_prod(*[torch.arange(4)] * k).reshape(-1, k)
+        w = g[idx].mean(1)
+        assert alpha(w) == pytest.approx(k * a / (1 + (k - 1) * a), rel=1e-10)
+        assert alpha(w) > a  # Corollary 3.1, strict since 0 < alpha < 1
+
+
+def test_zero_gradients_lemma_4():
+    g = torch.randn(5, 6, generator=_gen(10), dtype=torch.float64) + 1.0
+    padded = torch.cat([g, torch.zeros(3, 6, dtype=torch.float64)])
+    assert alpha(padded) == pytest.approx(5 / 8 * alpha(g), rel=1e-12)
+    assert m_coherence(padded) == pytest.approx(m_coherence(g), rel=1e-12)  # m·alpha unchanged
+
+
+def test_commonality_and_coherence_reduction_examples():
+    m, d = 6, 10
+    basis = _orthonormal(d, seed=11)
+    c, u = 2.0 * basis[0], 1.5 * basis[1:m + 1]  # c ⟂ u_i, u_i ⟂ u_j, equal ‖u_i‖
+    g = c + u
+    f = (c @ c) / (c @ c + 1.5 ** 2)
+    assert alpha(g) == pytest.approx(((1 + (m - 1) * f) / m).item(), rel=1e-12)
+    k = 4
+    n = m + k
+    padded = torch.cat([g, torch.zeros(k, d, dtype=torch.float64)])
+    assert alpha(padded) == pytest.approx(((1 + (n - k - 1) * f) / n).item(), rel=1e-12)
+    one_left = torch.cat([g[:1], torch.zeros(n - 1, d, dtype=torch.float64)])
+    assert alpha(one_left) == pytest.approx(1 / n, rel=1e-12)  # down to the orthogonal limit
+
+
+def test_streamed_statistics_give_the_matrix_value():
+    g = torch.randn(23, 9, generator=_gen(12), dtype=torch.float64) + 0.2
+    total = torch.zeros(9, dtype=torch.float64)
+    sq = 0.0
+    for part in g.split(7):  # uneven chunks, as model_m_coherence streams them
+        total += part.sum(0)
+        sq += part.square().sum().item()
+    stats = (total.square().sum().item(), sq, 23)
+    assert alpha_from_stats(*stats) == pytest.approx(alpha(g), rel=1e-12)
+    assert m_coherence_from_stats(*stats) == pytest.approx(m_coherence(g), rel=1e-12)
+    assert tuple(coherence_stats(g)) == pytest.approx(stats, rel=1e-12)
+
+
+def test_degenerate_inputs():
+    assert math.isnan(alpha(torch.zeros(4, 3)))  # MC §4 leaves 0/0 undefined; we say so
+    with pytest.raises(ValueError):
+        alpha(torch.zeros(0, 3))
+    with pytest.raises(ValueError):
+        m_coherence(torch.ones(5))
+
+
+# =============================================================== model_m_coherence vs brute force
+
+def brute_force(model, x, y):
+    """Per-example gradients materialized with torch.func, then m_coherence per module and "all"."""
+    model.eval()
+    params = {k: p.detach() for k, p in model.named_parameters()}
+
+    def example_loss(ps, xi, yi):
+        return F.cross_entropy(functional_call(model, ps, (xi[None],)), yi[None], reduction="sum")
+
+    per = vmap(grad(example_loss), in_dims=(None, 0, 0))(params, x, y)
+    out = {"all": m_coherence(torch.cat([g.flatten(1) for g in per.values()], 1))}
+    for name, mod in model.named_modules():
+        own = [f"{name}.{pn}" if name else pn for pn, _ in mod.named_parameters(recurse=False)]
+        if own:
+            out[name] = m_coherence(torch.cat([per[k].flatten(1) for k in own], 1))
+    return out
+
+
+class Scale(nn.Module):
+    """A parameter-owning module with no closed form: exercises the vmap fallback."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.gain = nn.Parameter(1 + 0.1 * torch.randn(n))
+
+    def forward(self, x):
+        return x * self.gain
+
+
+class Tokens(nn.Module):
+    """Linear layers on (N, T, features) inputs (Gram form for embed, T² ≤ out·in; explicit
+    per-example gradient for gate, T² > out·in), a module called twice (rerouted to the
+    fallback), LayerNorm and a custom module (fallback)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Linear(6, 8)
+        self.gate = nn.Linear(8, 2)
+        self.norm = nn.LayerNorm(8)
+        self.mix = nn.Linear(8, 8)
+        self.scale = Scale(8)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x):
+        h = torch.tanh(self.norm(self.embed(x)))
+        h = h * torch.sigmoid(self.gate(h)).mean(-1, keepdim=True)
+        h = torch.tanh(self.mix(torch.tanh(self.mix(h))))  # same module twice
+        return self.head(self.scale(h).mean(1))
+
+
+def mlp():
+    # in-place ReLU: the output-grad hook must see the gradient of the Linear's own output
+    return nn.Sequential(nn.Linear(10, 16), nn.ReLU(inplace=True), nn.Linear(16, 16), nn.Tanh(),
+                         nn.Linear(16, 4))
+
+
+def cnn():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(),
+                         nn.Conv2d(4, 6, 3, stride=2, dilation=2, groups=2), nn.ReLU(),
+                         nn.Conv2d(6, 4, 2, padding="same", padding_mode="reflect"),
+                         nn.Flatten(), nn.Linear(4 * 3 * 3, 4))
+
+
+def bn_net():
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True), nn.Flatten(),
+                         nn.Linear(4 * 7 * 7, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4))
+
+
+CASES = {"mlp": (mlp, (10,)), "cnn": (cnn, (3, 9, 9)), "batchnorm": (bn_net, (3, 9, 9)),
+         "tokens": (Tokens, (5, 6))}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_model_m_coherence_equals_brute_force(case):
+    torch.manual_seed(0)
+    build, shape = CASES[case]
+    model = build()
+    m = 23
+    x, y = torch.randn(m, *shape), torch.randint(0, 4, (m,))
+    if case == "batchnorm":
+        prime_batchnorm(model, x, batch_size=8)
+    reference = brute_force(copy.deepcopy(model), x, y)
+    assert len(reference) > 2
+    for chunk_size in (m, 7, 1):  # 7 does not divide 23: a short last chunk
+        got = model_m_coherence(model, x, y, chunk_size=chunk_size)
+        assert got.keys() == reference.keys()
+        for key in reference:
+            assert got[key] == pytest.approx(reference[key], rel=1e-4), (case, chunk_size, key)
+
+
+def test_model_m_coherence_leaves_the_model_as_it_was():
+    torch.manual_seed(1)
+    model = bn_net()
+    model.train()
+    model[5].eval()  # a deliberately mixed state must survive
+    model[0].weight.grad = torch.ones_like(model[0].weight)
+    before = copy.deepcopy(model.state_dict())
+    x, y = torch.randn(12, 3, 9, 9), torch.randint(0, 4, (12,))
+    model_m_coherence(model, x, y, chunk_size=5)
+    assert [m.training for m in model.modules()] == [True] * 6 + [False, True, True]
+    assert torch.equal(model[0].weight.grad, torch.ones_like(model[0].weight))
+    assert all(p.grad is None for n, p in model.named_parameters() if n != "0.weight")
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_prime_bn_flag_measures_on_primed_statistics_then_restores_them():
+    torch.manual_seed(2)
+    model = bn_net()
+    x, y = torch.randn(20, 3, 9, 9) + 2.0, torch.randint(0, 4, (20,))
+    stale = copy.deepcopy(model.state_dict())
+    primed = prime_batchnorm(copy.deepcopy(model), x, batch_size=6)
+    expected = model_m_coherence(primed, x, y, chunk_size=6)
+    got = model_m_coherence(model, x, y, chunk_size=6, prime_bn=True)
+    assert got == pytest.approx(expected, rel=1e-6)
+    assert got["all"] != pytest.approx(model_m_coherence(model, x, y)["all"], rel=1e-3)
+    assert all(torch.equal(stale[k], v) for k, v in model.state_dict().items())
+
+
+def test_prime_batchnorm_is_a_cumulative_average_over_the_sample():
+    bn = nn.BatchNorm1d(3, momentum=0.3)
+    model = nn.Sequential(bn).eval()
+    x = torch.randn(40, 3) * 2 + 5
+    prime_batchnorm(model, x, batch_size=10)  # 4 equal batches: average of means = sample mean
+    assert torch.allclose(bn.running_mean, x.mean(0), atol=1e-5)
+    assert int(bn.num_batches_tracked) == 4
+    assert bn.momentum == 0.3 and not bn.training
+    prime_batchnorm(model, x[:21], batch_size=10)  # 21 = 2·10 + 1: no batch of one example
+    assert int(bn.num_batches_tracked) == 2
+
+
+def test_batchnorm_without_running_statistics_is_refused():
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3, track_running_stats=False))
+    with pytest.raises(ValueError, match="running statistics"):
+        model_m_coherence(model, torch.randn(6, 4), torch.randint(0, 3, (6,)))
+
+
+def test_stats_give_alpha_and_scale_like_the_metric():
+    torch.manual_seed(3)
+    model = mlp()
+    x, y = torch.randn(30, 10), torch.randint(0, 4, (30,))
+    stats = model_coherence_stats(model, x, y, chunk_size=8)
+    values = model_m_coherence(model, x, y, chunk_size=8)
+    for key, s in stats.items():
+        assert s.m == 30
+        assert s.alpha == pytest.approx(values[key] / 30, rel=1e-12)
+        assert 0 < s.alpha <= 1
+
+
+# =============================================================== loss-reduction shares (CG §2.4)
+
+def per_example_shares(model, x, y, mask):
+    """⟨g, g⟩ and ⟨g, g^p⟩ from the per-example definition: g = Σ g_i, g^p = Σ_{i∈p} g_i."""
+    model.eval()
+    params = {k: p.detach().double() for k, p in model.named_parameters()}
+    model64 = copy.deepcopy(model).double()
+
+    def example_loss(ps, xi, yi):
+        return F.cross_entropy(functional_call(model64, ps, (xi[None],)), yi[None], reduction="sum")
+
+    per = vmap(grad(example_loss), in_dims=(None, 0, 0))(params, x.double(), y)
+    flat = torch.cat([g.flatten(1) for g in per.values()], 1)
+    g, gp = flat.sum(0), flat[mask].sum(0)
+    return (g @ g).item(), (g @ gp).item()
+
+
+def _data(n=40, seed=4):
+    gen = _gen(seed)
+    x = torch.randn(n, 10, generator=gen)
+    y = torch.randint(0, 4, (n,), generator=gen)
+    pristine = torch.randperm(n, generator=gen) < int(0.7 * n)  # 28 of 40: both passes differ
+    return x, y, pristine
+
+
+@pytest.mark.parametrize("method", ["jvp", "backward"])
+def test_loss_shares_match_the_per_example_definition(method):
+    torch.manual_seed(5)
+    model = mlp()
+    x, y, pristine = _data()
+    masks = [pristine, ~pristine, *null_designations(pristine, 2, seed=1)]  # > and < half pristine
+    got = loss_shares(model, x, y, masks, chunk_size=9, method=method)
+    assert got["method"] == method
+    for mask, g_gp in zip(masks, got["g_gp"]):
+        gg, ref = per_example_shares(model, x, y, mask)
+        assert got["gg"] == pytest.approx(gg, rel=1e-5)
+        assert g_gp == pytest.approx(ref, rel=1e-4, abs=1e-6 * gg)
+
+
+class NoForwardAD(torch.autograd.Function):
+    generate_vmap_rule = True  # the brute-force reference vmaps through it
+
+    @staticmethod
+    def forward(x):
+        return x.clamp(min=0)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[0])
+
+    @staticmethod
+    def backward(ctx, g):
+        (x,) = ctx.saved_tensors
+        return g * (x > 0)
+
+
+def test_auto_falls_back_to_masked_backward_passes_without_forward_ad():
+    torch.manual_seed(6)
+    lin1, lin2 = nn.Linear(10, 8), nn.Linear(8, 4)
+    model = nn.Sequential(lin1, nn.Module(), lin2)
+    model[1].forward = NoForwardAD.apply
+    x, y, pristine = _data()
+    with pytest.raises((RuntimeError, NotImplementedError)):
+        loss_shares(model, x, y, [pristine], method="jvp")
+    with pytest.warns(UserWarning, match="forward-mode"):
+        got = loss_shares(model, x, y, [pristine], method="auto")
+    assert got["method"] == "backward"
+    assert got["g_gp"][0] == pytest.approx(per_example_shares(model, x, y, pristine)[1], rel=1e-4)
+
+
+def test_null_designations_keep_group_sizes_and_differ_from_the_real_one():
+    pristine = torch.tensor([False, True, False, False])  # a permutation repeats it 1 time in 4
+    nulls = null_designations(pristine, 20, seed=7)
+    assert len(nulls) == 20
+    for mask in nulls:
+        assert int(mask.sum()) == 1
+        assert not torch.equal(mask, pristine)
+    big = torch.arange(30) % 3 == 0
+    assert all(int(mask.sum()) == 10 and not torch.equal(mask, big) for mask in null_designations(big, 5, 0))
+    again = null_designations(pristine, 20, seed=7)
+    assert all(torch.equal(a, b) for a, b in zip(nulls, again))
+    other = null_designations(pristine, 20, seed=8)
+    assert not all(torch.equal(a, b) for a, b in zip(nulls, other))
+    assert null_designations(torch.ones(10, dtype=torch.bool), 3, seed=0) == []
+
+
+def _train_step(model, x, y, lr=0.05):
+    model.train()
+    loss = F.cross_entropy(model(x), y)
+    model.zero_grad()
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= lr * p.grad
+    model.zero_grad(set_to_none=True)
+
+
+def test_tracker_rows_and_cumulative_sums():
+    torch.manual_seed(8)
+    model = mlp()
+    x, y, pristine = _data()
+    tracker = LossShareTracker(pristine, k_nulls=3, seed=0, chunk_size=16)
+    n_p, n_c = int(pristine.sum()), int((~pristine).sum())
+    cum_p = cum_c = 0.0
+    for _ in range(3):
+        gg, gp = per_example_shares(copy.deepcopy(model), x, y, pristine)
+        model.train()
+        cum_p, cum_c = cum_p + gp, cum_c + gg - gp
+        rows = tracker.update(model, x, y)
+        assert [r["null"] for r in rows] == [-1, 0, 1, 2]
+        for r in rows:
+            assert set(r) == {"null", "f_pristine", "f_corrupt", "i_pristine", "i_corrupt"}
+            assert r["f_pristine"] + r["f_corrupt"] == pytest.approx(1.0, abs=1e-12)
+        assert rows[0]["f_pristine"] == pytest.approx(gp / gg, rel=1e-4)
+        assert rows[0]["i_pristine"] == pytest.approx(cum_p / n_p, rel=1e-4)
+        assert rows[0]["i_corrupt"] == pytest.approx(cum_c / n_c, rel=1e-4, abs=1e-6 * abs(cum_p))
+        assert rows[1]["f_pristine"] != pytest.approx(rows[0]["f_pristine"], rel=1e-3)
+        assert all(p.grad is None for p in model.parameters())
+        assert model.training  # measured in eval mode, then put back
+        _train_step(model, x, y)
+    assert tracker.steps == 3 and tracker.note is None
+
+
+def test_no_corrupt_or_no_pristine_examples_are_handled_cleanly():
+    torch.manual_seed(9)
+    model = mlp()
+    x, y, _ = _data()
+    for pristine, present, absent, f_p in [(torch.ones(40, dtype=torch.bool), "i_pristine", "i_corrupt", 1.0),
+                                           (torch.zeros(40, dtype=torch.bool), "i_corrupt", "i_pristine", 0.0)]:
+        tracker = LossShareTracker(pristine, k_nulls=3, seed=0)
+        assert tracker.nulls == [] and "null worlds are skipped" in tracker.note
+        for _ in range(2):
+            rows = tracker.update(model, x, y)
+            _train_step(model, x, y)
+        assert len(rows) == 1 and rows[0]["null"] == -1
+        assert rows[0]["f_pristine"] == f_p and rows[0]["f_corrupt"] == 1.0 - f_p
+        assert present in rows[0] and absent not in rows[0]
+        assert all(math.isfinite(v) for v in rows[0].values())
+
+
+def test_tracker_state_dict_round_trip_continues_identically():
+    torch.manual_seed(10)
+    model = mlp()
+    x, y, pristine = _data()
+    tracker = LossShareTracker(pristine, k_nulls=2, seed=3, chunk_size=16)
+    for _ in range(2):
+        tracker.update(model, x, y)
+        _train_step(model, x, y)
+    buffer = io.BytesIO()
+    torch.save({"tracker": tracker.state_dict(), "model": model.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer)
+    resumed_model = mlp()
+    resumed_model.load_state_dict(saved["model"])
+    resumed = LossShareTracker(pristine, k_nulls=2, seed=3, chunk_size=16)
+    resumed.load_state_dict(saved["tracker"])
+    for _ in range(2):
+        assert resumed.update(resumed_model, x, y) == tracker.update(model, x, y)
+        _train_step(model, x, y)
+        _train_step(resumed_model, x, y)
+    assert resumed.steps == tracker.steps == 4
+    with pytest.raises(ValueError):
+        LossShareTracker(~pristine, k_nulls=2, seed=3).load_state_dict(tracker.state_dict())
