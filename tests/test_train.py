@@ -59,9 +59,13 @@ def test_same_params_same_bytes(tmp_path):
     assert not (tmp_path / "a.ckpt").exists()  # a finished run leaves no checkpoint behind
 
 
-@pytest.mark.parametrize("optimizer,clip", [("sgd", 0), ("rm3", 0)])
-def test_sigkill_then_resume_matches_unbroken_run(tmp_path, optimizer, clip):
-    params = prepare_tiny(tmp_path, steps=3000, checkpoint_every=100, batch_size=30, eval_per_decade=9)
+PROBES = dict(coherence={"train_sample": 50, "test_sample": 50}, shares={"steps": 400, "nulls": 2})
+
+
+@pytest.mark.parametrize("optimizer,clip,probes", [("sgd", 0, False), ("rm3", 0, False), ("sgd", 0, True)])
+def test_sigkill_then_resume_matches_unbroken_run(tmp_path, optimizer, clip, probes):
+    params = prepare_tiny(tmp_path, steps=3000, checkpoint_every=100, batch_size=30, eval_per_decade=9,
+                          **(PROBES if probes else {}))
     run_stage("train", *train_args(params, tmp_path, "whole", optimizer, clip), check=True)
 
     ckpt = tmp_path / "killed.ckpt"
@@ -103,3 +107,30 @@ def test_run_learns_pristine_before_corrupt(tmp_path):
     assert acc.loc[50, "pristine"] - acc.loc[50, "corrupt"] > 0.3
     assert acc.loc[1500, "corrupt"] > acc.loc[50, "corrupt"] + 0.2
     assert set(m["experiment"]) == {"E1"} and config.run_name("sgd", 0, "0.5", 0) == m["run"].iloc[0]
+
+
+def test_probes_rows_and_noise_zero(tmp_path):
+    """E2/E7 rows land in the run table; at ε = 0 there is no corrupt group and no NaN row."""
+    params = write_params(tmp_path / "p.yaml", tiny_params(**PROBES))
+    run_stage("prepare", "--params", params, "--out", tmp_path / "d.pt", check=True)
+    for noise in ("0.0", "0.5"):
+        run_stage("corrupt", "--params", params, "--data", tmp_path / "d.pt", "--noise", noise,
+                  "--out", tmp_path / f"c{noise}.parquet", check=True)
+        proc = run_stage("train", "--params", params, "--data", tmp_path / "d.pt", "--labels",
+                         tmp_path / f"c{noise}.parquet", "--noise", noise, "--optimizer", "sgd",
+                         "--seed", "0", "--out", tmp_path / noise, check=True)
+        m = pd.read_parquet(tmp_path / noise / "metrics.parquet")
+        assert not m["value"].isna().any()
+        e7 = m[m["experiment"] == "E7"]
+        assert set(e7["metric"]) == {"m_coherence", "alpha"} and set(e7["split"]) == {"train", "test"}
+        assert {"all", "1", "3"} <= set(e7["layer"])  # whole model and both Linear layers
+        assert e7["step"].nunique() == m.loc[m["experiment"] == "E1", "step"].nunique()
+        e2 = m[m["experiment"] == "E2"]
+        assert sorted(e2["step"].unique()) == list(range(61))  # every step of the 60-step run, and the end
+        if noise == "0.0":
+            assert "no corrupt examples" in proc.stderr
+            assert set(e2["metric"]) == {"f_pristine", "f_corrupt", "i_pristine"} and set(e2["null"]) == {-1}
+        else:
+            assert set(e2["null"]) == {-1, 0, 1}
+            f = e2.pivot_table(index=["step", "null"], columns="metric", values="value")
+            assert ((f["f_pristine"] + f["f_corrupt"] - 1).abs() < 1e-9).all()
