@@ -79,12 +79,13 @@ class ShareProbe:
         self.tracker.load_state_dict(state)
 
 
-def make_probes(train_params: dict, data: dict, labels, corrupt, log=print) -> dict:
-    """The probes a study asks for (`train.coherence`, `train.shares`), by name."""
+def make_probes(train_params: dict, optimizer: str, data: dict, labels, corrupt, log=print) -> dict:
+    """The probes a study asks for (`train.coherence`, `train.shares`) in a run of `optimizer`."""
     probes = {}
     coh = train_params["coherence"]
     if coh["train_sample"] or coh["test_sample"]:
         probes["coherence"] = CoherenceProbe(coh, data["x_train"], labels, data["x_test"], data["y_test"])
-    if train_params["shares"]["steps"]:
+    shares = train_params["shares"]
+    if shares["steps"] and optimizer in shares["optimizers"]:
         probes["shares"] = ShareProbe(train_params["shares"], data["x_train"], labels, corrupt, log)
     return probes

@@ -142,7 +142,7 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
     model = build_model(params["model"], data["input_shape"], data["num_classes"]).to(device)
     optimizer = make_optimizer(model, t)
     transform = make_gradient_transform(spec["optimizer"], spec["clip"])
-    probes = make_probes(t, data, labels, corrupt, log)
+    probes = make_probes(t, spec["optimizer"], data, labels, corrupt, log)
 
     sample = t["eval_train_sample"]
     eval_idx = torch.arange(n, device=device)

@@ -48,12 +48,22 @@ def test_snakemake_and_dvc_describe_the_same_outputs(workdir, study):
     assert sm_cmds == dvc_cmds
 
 
-def test_every_study_spells_clip_for_dvc():
+def test_every_study_spells_what_dvc_reads():
+    """DVC reads params.yaml raw (no schema defaults): every key a stage tracks, and clip on
+    every optimizer entry, must be written out in each study that may become params.yaml."""
     import yaml
 
+    from cglib.config import STAGE_KEYS
+
     for path in [ROOT / "params.yaml", *(ROOT / "studies").glob("*.yaml")]:
-        opts = yaml.safe_load(path.read_text())["train"]["optimizers"]
+        raw = yaml.safe_load(path.read_text())
+        opts = raw["train"]["optimizers"]
         assert all("clip" in o for o in opts), f"{path}: dvc.yaml interpolates ${{item.optimizer.clip}}"
+        for dotted in (k for keys in STAGE_KEYS.values() for k in keys):
+            node = raw
+            for part in dotted.split("."):
+                assert part in node, f"{path}: {dotted} must be spelled out for dvc"
+                node = node[part]
 
 
 def test_dvc_params_match_stage_keys():
