@@ -7,6 +7,10 @@ STAMP  := $(VENV)/.installed
 FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 CORES  ?= all
 export PATH := $(CURDIR)/$(BIN):$(PATH)
+SHELL := /bin/bash
+.SHELLFLAGS := -eo pipefail -c
+# this machine's pip config lists extra local indexes; their "is ignored" lines are noise
+QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 
 .PHONY: run test bench dataset venv dvc-repro clean
 
@@ -27,8 +31,8 @@ venv: $(STAMP)
 # torch 2.14.1 / torchvision 0.29.1 are pinned: pip takes them from local wheels on the lab machines.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --upgrade pip $(QUIET_PIP)
+	$(BIN)/python -m pip install --quiet -e '.[dev]' $(QUIET_PIP)
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian's package (no download at run time); needs root or sudo once.
