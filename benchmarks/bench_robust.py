@@ -1,0 +1,135 @@
+"""Robust-aggregation step times relative to a plain SGD step (DESIGN §8).
+
+A "step" is zero_grad + transform.backward + optimizer.step on random data. Fast, reference
+(SGD) and naive steps are timed interleaved, round by round, so drift on a shared machine hits
+all three alike; each reports the median over rounds after a warm-up (which also pays any
+torch.compile cost, see cglib.robust).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cglib.pergrad import per_example_grads_reference
+from cglib.robust import make_gradient_transform
+
+B = 100
+
+
+def mlp(*widths: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(widths) - 2 else [])
+    return nn.Sequential(*layers)
+
+
+def data(n_in: int, batch: int = B):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(batch, n_in, generator=g), torch.randint(0, 10, (batch,), generator=g)
+
+
+def transform_step(widths, name: str, clip: int = 0, batch: int = B):
+    torch.manual_seed(0)
+    model, (x, y) = mlp(*widths), data(widths[0], batch)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    t = make_gradient_transform(name, clip)
+
+    def step():
+        opt.zero_grad()
+        t.backward(model, x, y)
+        opt.step()
+    return step
+
+
+def manual_step(widths, aggregate, batch: int = B):
+    """A step whose gradient is aggregate(model, x, y, state) -> list of grads."""
+    torch.manual_seed(0)
+    model, (x, y) = mlp(*widths), data(widths[0], batch)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    state: dict = {}
+
+    def step():
+        opt.zero_grad()
+        for p, g in zip(model.parameters(), aggregate(model, x, y, state)):
+            p.grad = g
+        opt.step()
+    return step
+
+
+def naive_rm3(model, x, y, state):
+    """Keep full copies of the last two gradients; torch.median over a fresh stack."""
+    F.cross_entropy(model(x), y).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    hist = state.setdefault("hist", [])
+    hist.insert(0, grads)
+    del hist[3:]
+    return [torch.stack(gs).median(0).values for gs in zip(*hist)]
+
+
+def naive_m3(model, x, y, state):
+    params = list(model.parameters())
+    groups = [torch.autograd.grad(F.cross_entropy(model(xs), ys), params)
+              for xs, ys in zip(x.chunk(3), y.chunk(3))]
+    return [torch.stack(gs).median(0).values for gs in zip(*groups)]
+
+
+def naive_winsorized(c: int):
+    def aggregate(model, x, y, state):
+        per_ex = per_example_grads_reference(model, x, y)
+        out = []
+        for g in per_ex.values():
+            s = g.sort(0).values
+            out.append(torch.clamp(g, s[c], s[g.shape[0] - 1 - c]).mean(0))
+        return out
+    return aggregate
+
+
+def measure(fns: dict, rounds: int, warmup: int, slow: dict | None = None) -> dict:
+    """Median ms per function; functions in ``slow`` ({name: rounds}) run fewer rounds."""
+    slow = slow or {}
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    times: dict = {k: [] for k in fns}
+    for r in range(rounds):
+        for k, f in fns.items():
+            if r < slow.get(k, rounds):
+                t0 = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t0)
+    return {k: 1e3 * sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
+def row(name, ms, target, baseline, note):
+    return {"name": name, "ratio": ms["fast"] / ms["ref"], "target": target,
+            "fast_ms": ms["fast"], "reference_ms": ms["ref"], "baseline": baseline,
+            "baseline_ratio": ms["naive"] / ms["ref"] if "naive" in ms else None, "note": note}
+
+
+def run(quick: bool) -> list[dict]:
+    rounds, warmup = (7, 2) if quick else (40, 5)
+    wide, deep = (784, 2048, 10), (784, 256, 256, 256, 10)
+    rows = []
+
+    ms = measure({"fast": transform_step(wide, "rm3"), "ref": transform_step(wide, "sgd"),
+                  "naive": manual_step(wide, naive_rm3)}, rounds, warmup)
+    rows.append(row("rm3_vs_sgd", ms, 1.15, "stack + torch.median of 3 gradients",
+                    f"MLP 784-2048-10, B={B}, SGD"))
+
+    b3 = B - B % 3  # M3 needs 3 equal groups
+    ms = measure({"fast": transform_step(wide, "m3", batch=b3),
+                  "ref": transform_step(wide, "sgd", batch=b3),
+                  "naive": manual_step(wide, naive_m3, batch=b3)}, rounds, warmup)
+    rows.append(row("m3_vs_sgd", ms, None, "3 group grads, stack + torch.median",
+                    f"MLP 784-2048-10, B={b3}, SGD; 3 forward/backward passes of B/3"))
+
+    ms = measure({"fast": transform_step(deep, "winsorized", 2), "ref": transform_step(deep, "sgd"),
+                  "naive": manual_step(deep, naive_winsorized(2))},
+                 rounds, warmup, slow={"naive": 2 if quick else 5})
+    rows.append(row("winsorized_vs_sgd", ms, 25.0, "torch.func vmap per-example grads + sort",
+                    f"c=2, MLP 784-256-256-256-10, B={B}, SGD; aim 10"))
+    return rows

@@ -1,0 +1,221 @@
+"""Per-example gradients of the cross-entropy loss.
+
+Convention: the per-example gradient of example i is the gradient of
+``loss_i = cross_entropy(model(x)[i], y[i])`` -- *not* of ``loss_i / B``. The gradient of the
+mean batch loss is therefore ``g.mean(0)`` for every returned ``g`` of shape (B, *param.shape).
+
+Fast path (one forward + one backward for the whole batch): for every ``nn.Linear`` the layer
+input ``a_i`` is captured by a forward hook and the gradient of the summed loss with respect to
+the layer output, ``delta_i``, by an identity autograd node placed on the output. Because
+example i's loss depends only on example i's activations, ``delta_i = d loss_i / d out_i``, so
+the per-example weight gradient is the outer product ``delta_i^T a_i`` and the bias gradient is
+``delta_i``. The backward pass asks autograd only for the gradient of a dummy "anchor" tensor
+wired into those identity nodes, so no summed weight gradient is ever computed and ``p.grad``
+is never touched.
+
+Fallback: parameters owned by any other module type (Conv2d, BatchNorm in eval mode,
+parameters registered directly on a container, Linear layers whose weights are shared, ...)
+get ``torch.func.vmap(grad(...))`` over ``functional_call``, chunked over the batch so memory
+stays bounded. A model may mix both; every parameter is computed by exactly one of the two.
+
+Requirements: examples must not interact in the forward pass. BatchNorm using batch statistics
+(train mode, or ``track_running_stats=False``) couples examples and is rejected with a
+ValueError -- put the model (or its BatchNorm layers) in eval mode first. Dropout is allowed:
+the fast path uses the masks of its single forward pass, the vmap fallback draws its own masks
+(``randomness="different"``), so a mixed model sees different masks in its two parts.
+The fast path assumes a Linear's parameters are used only by calling that Linear module.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import functional_call, grad, grad_and_value, vmap
+
+DEFAULT_CHUNK = 32  # examples per vmap chunk: bounds the fallback's memory to ~32 per-example grads
+
+
+class Outer(NamedTuple):
+    """A per-example Linear weight gradient kept factored: example i's gradient is
+    ``delta[i][:, None] * act[i][None, :]`` (shape (out, in)); never materialized unless asked."""
+
+    delta: Tensor  # (B, out)
+    act: Tensor  # (B, in)
+
+    def materialize(self) -> Tensor:
+        return self.delta.unsqueeze(2) * self.act.unsqueeze(1)
+
+
+def per_example_grads(model: nn.Module, x: Tensor, y: Tensor,
+                      chunk_size: int | None = None) -> dict[str, Tensor]:
+    """{qualified parameter name: (B, *param.shape)} per-example gradients of each example's
+    cross-entropy loss, for every parameter with ``requires_grad`` (see module docstring)."""
+    _, grads = per_example_grads_factored(model, x, y, chunk_size)
+    return {n: g.materialize() if isinstance(g, Outer) else g for n, g in grads.items()}
+
+
+def per_example_grads_factored(model: nn.Module, x: Tensor, y: Tensor,
+                               chunk_size: int | None = None
+                               ) -> tuple[Tensor, dict[str, Tensor | Outer]]:
+    """Like ``per_example_grads`` but returns ``(losses, grads)``: the detached per-example
+    losses (B,) and the gradients, where a Linear weight used once on (B, in) inputs is an
+    ``Outer`` (factored, rank one per example) instead of a (B, out, in) tensor."""
+    _check_independent_examples(model)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    linears = _fast_linears(model)
+    fast_names = {n for _, names in linears.values() for n in names.values()}
+    slow_names = [n for n, _ in named if n not in fast_names]
+
+    grads: dict[str, Tensor | Outer] = {}
+    losses = None
+    if linears:
+        losses, fast = _linear_fast_path(model, x, y, linears)
+        grads.update(fast)
+    if slow_names:
+        slow_losses, slow = _vmap_grads(model, x, y, slow_names, chunk_size or DEFAULT_CHUNK)
+        grads.update(slow)
+        losses = slow_losses if losses is None else losses
+    if losses is None:  # nothing trainable: still report the losses
+        with torch.no_grad():
+            losses = F.cross_entropy(model(x), y, reduction="none")
+    return losses, {n: grads[n] for n, _ in named}  # keep named_parameters() order
+
+
+def per_example_grads_reference(model: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    """The slow twin used by the tests: plain ``vmap(grad(functional_call))`` for all params."""
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    buffers = dict(model.named_buffers())
+
+    def loss_fn(params, xi, yi):
+        out = functional_call(model, (params, buffers), (xi.unsqueeze(0),))
+        return F.cross_entropy(out, yi.unsqueeze(0))
+
+    with torch.no_grad():
+        return vmap(grad(loss_fn), in_dims=(None, 0, 0), randomness="different")(params, x, y)
+
+
+# ---------------------------------------------------------------------------------------------
+def _check_independent_examples(model: nn.Module) -> None:
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (
+                m.training or not m.track_running_stats):
+            raise ValueError(
+                f"per-example gradients: BatchNorm '{name or type(m).__name__}' uses batch "
+                "statistics, which couple the examples; call model.eval() (or .eval() on the "
+                "BatchNorm layers) first")
+
+
+def _fast_linears(model: nn.Module) -> dict[str, tuple[nn.Linear, dict[str, str]]]:
+    """Linear modules eligible for the fast path -> (module, {"weight"/"bias": qualified name}).
+
+    Only exact ``nn.Linear`` (subclasses such as MultiheadAttention's out_proj may bypass
+    forward()) whose parameters are registered exactly once in the model (tied weights get
+    gradient contributions from elsewhere, which the hooks would miss)."""
+    counts: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        counts[id(p)] = counts.get(id(p), 0) + 1
+    found = {}
+    for mname, m in model.named_modules():
+        if type(m) is not nn.Linear:
+            continue
+        own = {k: p for k, p in m.named_parameters(recurse=False)}
+        if any(counts[id(p)] != 1 for p in own.values()):
+            continue
+        names = {k: f"{mname}.{k}" if mname else k for k, p in own.items() if p.requires_grad}
+        if names:
+            found[mname] = (m, names)
+    return found
+
+
+class _GradTap(torch.autograd.Function):
+    """Identity on a Linear output; its backward records dL/d(output) into ``slot``.
+
+    The output is a clone (not a view) so in-place ops that follow (e.g. ReLU(inplace=True))
+    are legal, and the recorded gradient is the one with respect to the Linear's own output."""
+
+    @staticmethod
+    def forward(ctx, out, anchor, slot):
+        ctx.slot = slot
+        return out.clone()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        ctx.slot.append(grad_out)
+        # The anchor's gradient is irrelevant; it only makes autograd traverse this node.
+        return grad_out, grad_out.new_zeros(()), None
+
+
+def _linear_fast_path(model, x, y, linears):
+    some_weight = next(iter(linears.values()))[0].weight
+    anchor = torch.zeros((), device=some_weight.device, dtype=some_weight.dtype,
+                         requires_grad=True)
+    records: dict[str, list[tuple[Tensor, list]]] = {name: [] for name in linears}
+
+    def make_hook(mname):
+        def hook(module, inputs, out):
+            slot: list = []
+            records[mname].append((inputs[0].detach(), slot))
+            return _GradTap.apply(out, anchor, slot)
+        return hook
+
+    handles = [m.register_forward_hook(make_hook(mname)) for mname, (m, _) in linears.items()]
+    try:
+        with torch.enable_grad():
+            losses = F.cross_entropy(model(x), y, reduction="none")
+            # Summed loss: per example, d(sum)/d(out_i) = d(loss_i)/d(out_i).
+            torch.autograd.grad(losses.sum(), anchor, allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+
+    B = x.shape[0]
+    grads: dict[str, Tensor | Outer] = {}
+    for mname, (m, names) in linears.items():
+        calls = [(a, slot[0]) for a, slot in records[mname] if slot]
+        if "weight" in names:
+            grads[names["weight"]] = _linear_weight_grad(m, calls, B)
+        if "bias" in names:
+            grads[names["bias"]] = _linear_bias_grad(m, calls, B)
+    return losses.detach(), grads
+
+
+def _linear_weight_grad(m: nn.Linear, calls, B: int) -> Tensor | Outer:
+    if len(calls) == 1 and calls[0][0].dim() == 2:
+        a, d = calls[0]
+        return Outer(d, a)  # the common case: rank one per example, keep it factored
+    # Several calls or extra dims (B, ..., in): example i's gradient is a sum of outer products.
+    w = m.weight.new_zeros((B, m.out_features, m.in_features))
+    for a, d in calls:
+        w += torch.bmm(d.reshape(B, -1, m.out_features).transpose(1, 2),
+                       a.reshape(B, -1, m.in_features))
+    return w
+
+
+def _linear_bias_grad(m: nn.Linear, calls, B: int) -> Tensor:
+    if len(calls) == 1 and calls[0][1].dim() == 2:
+        return calls[0][1]
+    bias = m.bias.new_zeros((B, m.out_features))
+    for _, d in calls:
+        bias += d.reshape(B, -1, m.out_features).sum(1)
+    return bias
+
+
+def _vmap_grads(model, x, y, names, chunk_size):
+    params = dict(model.named_parameters())
+    diff = {n: params[n].detach() for n in names}
+    buffers = dict(model.named_buffers())
+
+    def loss_fn(diff, xi, yi):
+        # Parameters not in `diff` are read from the module itself (constants here).
+        out = functional_call(model, (diff, buffers), (xi.unsqueeze(0),))
+        return F.cross_entropy(out, yi.unsqueeze(0))
+
+    # no_grad: the module's own (requires_grad) parameters must not build an outer graph;
+    # torch.func.grad ignores the outer no_grad for the differentiated inputs.
+    with torch.no_grad():
+        g, losses = vmap(grad_and_value(loss_fn), in_dims=(None, 0, 0), chunk_size=chunk_size,
+                         randomness="different")(diff, x, y)
+    return losses, g

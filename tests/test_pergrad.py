@@ -1,0 +1,139 @@
+"""Per-example gradients: the fast path (Linear hooks + vmap fallback) against plain
+torch.func vmap(grad(functional_call)) on every parameter."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cglib.pergrad import (Outer, per_example_grads, per_example_grads_factored,
+                           per_example_grads_reference)
+
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def batch(n_in, B=12, classes=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (B, n_in) if isinstance(n_in, int) else (B, *n_in)
+    return torch.randn(shape, generator=g), torch.randint(0, classes, (B,), generator=g)
+
+
+def assert_matches_reference(model, x, y, **kw):
+    fast = per_example_grads(model, x, y, **kw)
+    ref = per_example_grads_reference(model, x, y)
+    assert list(fast) == list(ref) == [n for n, p in model.named_parameters() if p.requires_grad]
+    for name in ref:
+        assert fast[name].shape == (x.shape[0], *dict(model.named_parameters())[name].shape)
+        torch.testing.assert_close(fast[name], ref[name], **TOL, msg=name)
+    return fast
+
+
+def mlp():
+    torch.manual_seed(0)
+    # In-place ReLU right after a Linear: the tap must record the gradient of the Linear's
+    # own output, not of the ReLU's.
+    return nn.Sequential(nn.Linear(20, 16), nn.ReLU(inplace=True), nn.Linear(16, 16), nn.Tanh(),
+                         nn.Linear(16, 5))
+
+
+def small_cnn():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2),
+                          nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(6 * 3 * 3, 8), nn.ReLU(), nn.Linear(8, 5))
+    bn = model[1]
+    bn.running_mean.normal_()
+    bn.running_var.uniform_(0.5, 2.0)
+    bn.weight.data.uniform_(0.5, 1.5)
+    bn.bias.data.normal_()
+    return model.eval()
+
+
+def test_mlp_fast_path_matches_vmap():
+    model = mlp()
+    x, y = batch(20)
+    assert_matches_reference(model, x, y)
+
+
+def test_mlp_uses_factored_linear_path_and_leaves_grads_alone():
+    model = mlp()
+    x, y = batch(20)
+    losses, grads = per_example_grads_factored(model, x, y)
+    assert all(isinstance(grads[f"{i}.weight"], Outer) for i in (0, 2, 4))
+    torch.testing.assert_close(losses, F.cross_entropy(model(x), y, reduction="none"))
+    assert all(p.grad is None for p in model.parameters())
+    # Convention: gradients of loss_i (not loss_i / B), so their mean is the batch gradient.
+    F.cross_entropy(model(x), y).backward()
+    for name, p in model.named_parameters():
+        g = grads[name].materialize() if isinstance(grads[name], Outer) else grads[name]
+        torch.testing.assert_close(g.mean(0), p.grad, **TOL)
+
+
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_cnn_conv_batchnorm_eval_linear_mixed_paths(chunk_size):
+    model = small_cnn()
+    x, y = batch((1, 8, 8), B=11)
+    _, grads = per_example_grads_factored(model, x, y, chunk_size=chunk_size)
+    assert isinstance(grads["7.weight"], Outer) and not isinstance(grads["0.weight"], Outer)
+    assert_matches_reference(model, x, y, chunk_size=chunk_size)
+
+
+def test_batchnorm_in_train_mode_is_rejected():
+    model = small_cnn().train()
+    x, y = batch((1, 8, 8), B=4)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        per_example_grads(model, x, y)
+
+
+class SeqModel(nn.Module):
+    """A Linear applied twice, on (B, T, d) inputs, and a bare parameter on the root."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+        self.scale = nn.Parameter(torch.randn(6))
+
+    def forward(self, x):
+        h = torch.relu(self.inner(x))
+        h = self.inner(h) * self.scale
+        return self.head(h.mean(1))
+
+
+def test_linear_called_twice_on_sequences_and_root_parameter():
+    torch.manual_seed(0)
+    model = SeqModel()
+    x, y = batch((4, 6), B=7, classes=3)
+    _, grads = per_example_grads_factored(model, x, y)
+    assert not isinstance(grads["inner.weight"], Outer)  # a sum of outer products
+    assert_matches_reference(model, x, y)
+
+
+class Tied(nn.Module):
+    """Two Linear modules sharing one weight: the hooks alone would miss half the gradient."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(5, 5)
+        self.b = nn.Linear(5, 5)
+        self.b.weight = self.a.weight
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+
+def test_tied_linear_weights_fall_back_to_vmap():
+    torch.manual_seed(0)
+    model = Tied()
+    x, y = batch(5, B=6, classes=3)
+    assert_matches_reference(model, x, y)
+
+
+def test_frozen_parameters_are_skipped():
+    model = mlp()
+    model[0].weight.requires_grad_(False)
+    model[4].requires_grad_(False)
+    x, y = batch(20)
+    fast = assert_matches_reference(model, x, y)
+    assert set(fast) == {"0.bias", "2.weight", "2.bias"}

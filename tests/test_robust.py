@@ -1,0 +1,334 @@
+"""Robust aggregators and gradient transforms against straightforward references
+(torch.median of stacks, full sorts, torch.func per-example gradients, manual updates)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cglib import robust
+from cglib.pergrad import per_example_grads_reference
+from cglib.robust import make_gradient_transform, median_of_3, winsorized_mean
+
+TIGHT = dict(rtol=1e-6, atol=1e-6)
+
+
+@pytest.fixture(autouse=True)
+def eager_by_default():
+    """Eager unless a test asks for `compiled`; restores the process-wide setting."""
+    old = robust._compile_mode
+    robust.set_compile("0")
+    yield
+    robust.set_compile(old)
+
+
+@pytest.fixture
+def compiled():
+    robust.set_compile("1")
+    yield
+    assert not robust._compile_failed, "torch.compile failed; the eager fallback was used"
+
+
+def ints(*shape, seed=0, lo=-3, hi=4):
+    """Integer-valued floats: many ties, and every sum is exact."""
+    return torch.randint(lo, hi, shape, generator=torch.Generator().manual_seed(seed)).float()
+
+
+def sort_winsorized(g, c):
+    s = g.sort(0).values
+    return torch.clamp(g, s[c], s[g.shape[0] - 1 - c]).mean(0)
+
+
+# ------------------------------------------------------------------ median_of_3 -------------
+@pytest.mark.parametrize("shape", [(), (7,), (4, 5), (3, 2, 6)])
+def test_median_of_3_matches_torch_median_with_ties(shape):
+    a, b, c = (ints(*shape, seed=s, lo=-2, hi=3) for s in range(3))
+    expected = torch.stack([a, b, c]).median(0).values
+    assert torch.equal(median_of_3(a, b, c), expected)
+    for perm in [(b, c, a), (c, a, b), (a, c, b)]:  # symmetric in its arguments
+        assert torch.equal(median_of_3(*perm), expected)
+
+
+def test_median_of_3_in_place_eager_and_compiled_agree_exactly(compiled):
+    a, b, c = (torch.randn(50, 30, generator=torch.Generator().manual_seed(s)) for s in range(3))
+    expected = median_of_3(a, b, c)
+    fused = robust._median_of_3_(a, b.clone(), c)
+    assert not robust._compile_failed
+    robust.set_compile("0")
+    three_pass = robust._median_of_3_(a, b.clone(), c, torch.empty_like(a))
+    assert torch.equal(fused, expected) and torch.equal(three_pass, expected)
+
+
+# ------------------------------------------------------------------ winsorized_mean ---------
+CASES = [(1, 0, (3,)), (5, 2, (7,)), (6, 2, (4, 3)), (9, 1, (2, 2, 2)), (25, 3, (1000,)),
+         (12, 5, (40,)), (23, 11, (30,))]
+
+
+@pytest.mark.parametrize("B,c,shape", CASES)
+def test_winsorized_mean_matches_sort_reference_with_ties(B, c, shape):
+    g = ints(B, *shape, seed=B + c)
+    out = winsorized_mean(g, c)
+    assert out.shape == shape
+    torch.testing.assert_close(out, sort_winsorized(g, c), **TIGHT)
+
+
+@pytest.mark.parametrize("B,c,shape", CASES)
+def test_winsorized_mean_matches_sort_reference_on_continuous_data(B, c, shape):
+    g = torch.randn(B, *shape, generator=torch.Generator().manual_seed(B)) * 10 ** torch.randint(
+        -3, 4, (B, *shape), generator=torch.Generator().manual_seed(c))  # mixed scales
+    torch.testing.assert_close(winsorized_mean(g, c), sort_winsorized(g, c), **TIGHT)
+
+
+@pytest.mark.parametrize("B", [20, 25])  # 25: two compiled chunks + an eager remainder
+def test_winsorized_mean_compiled_streaming(compiled, B):
+    g = ints(B, 3000, seed=B)
+    g[:, 0] = 1.0  # a coordinate where every value ties
+    torch.testing.assert_close(winsorized_mean(g, 2), sort_winsorized(g, 2), **TIGHT)
+
+
+@pytest.mark.parametrize("use_compile", [False, True])
+def test_winsorized_outer_mean_matches_materialized(use_compile):
+    robust.set_compile("1" if use_compile else "0")
+    delta, act = ints(20, 30, seed=1, lo=-2, hi=3), ints(20, 40, seed=2, lo=0, hi=3)
+    full = delta[:, :, None] * act[:, None, :]
+    out = robust.winsorized_outer_mean(delta, act, 2)
+    torch.testing.assert_close(out, sort_winsorized(full, 2), **TIGHT)
+    assert not robust._compile_failed
+
+
+def test_winsorized_mean_c0_is_mean_and_invalid_c_raises():
+    g = torch.randn(8, 5)
+    assert torch.equal(winsorized_mean(g, 0), g.mean(0))
+    assert not torch.equal(winsorized_mean(g, 1), g.mean(0))
+    for bad in (-1, 4, 5, 1.0, True, None):
+        with pytest.raises(ValueError, match="c"):
+            winsorized_mean(g, bad)
+    with pytest.raises(ValueError, match="floating"):
+        winsorized_mean(torch.ones(5, 2, dtype=torch.long), 1)
+
+
+# ------------------------------------------------------------------ W&S §3.2 example --------
+def test_m3_suppresses_idiosyncratic_directions_exactly():
+    """g_i = common + u_i, the u_i on disjoint coordinates, none overlapping the common part:
+    the median of the 3 group means is exactly the common part; the mean is not."""
+    b, d_common = 4, 5
+    m = 3 * b
+    d = d_common + 2 * m
+    common = torch.zeros(d)
+    common[:d_common] = torch.tensor([1.0, -2.0, 0.5, 3.0, -1.5])
+    u = torch.zeros(m, d)
+    for i in range(m):  # two private coordinates per example
+        u[i, d_common + 2 * i: d_common + 2 * i + 2] = ints(2, seed=i, lo=1, hi=9) * (-1) ** i
+    g = common + u
+    group_means = [grp.mean(0) for grp in g.chunk(3)]
+    assert torch.equal(median_of_3(*group_means), common)
+    assert not torch.allclose(g.mean(0), common)
+
+
+# ------------------------------------------------------------------ transforms --------------
+def mlp(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(),
+                         nn.Linear(16, 4))
+
+
+def batches(n, B=12, n_in=10, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(B, n_in, generator=g), torch.randint(0, 4, (B,), generator=g))
+            for _ in range(n)]
+
+
+def sgd_update(model, grads, lr):
+    with torch.no_grad():
+        for p, g in zip(model.parameters(), grads):
+            p.sub_(lr * g)
+
+
+def mean_grads(model, x, y):
+    return torch.autograd.grad(F.cross_entropy(model(x), y), list(model.parameters()))
+
+
+def run_transform(model, opt, name, data, clip=0):
+    t = make_gradient_transform(name, clip)
+    losses = []
+    for x, y in data:
+        opt.zero_grad()
+        losses.append(t.backward(model, x, y))
+        opt.step()
+    return t, losses
+
+
+@pytest.mark.parametrize("use_compile", [False, True])
+def test_winsorized_step_matches_vmap_sort_reference(use_compile):
+    robust.set_compile("1" if use_compile else "0")
+    model, lr, c = mlp(), 0.5, 2
+    ref = copy.deepcopy(model)
+    [(x, y)] = batches(1, B=20)
+    _, [loss] = run_transform(model, torch.optim.SGD(model.parameters(), lr=lr), "winsorized",
+                              [(x, y)], clip=c)
+    per_ex = per_example_grads_reference(ref, x, y)
+    torch.testing.assert_close(loss, F.cross_entropy(ref(x), y), **TIGHT)
+    sgd_update(ref, [sort_winsorized(g, c) for g in per_ex.values()], lr)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert not robust._compile_failed
+
+
+def test_winsorized_step_on_cnn_with_batchnorm_in_eval_mode():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(3 * 4 * 4, 4)).eval()
+    ref, lr, c = copy.deepcopy(model), 0.3, 1
+    x, y = torch.randn(9, 1, 6, 6), torch.randint(0, 4, (9,))
+    run_transform(model, torch.optim.SGD(model.parameters(), lr=lr), "winsorized", [(x, y)], c)
+    per_ex = per_example_grads_reference(ref, x, y)
+    sgd_update(ref, [sort_winsorized(g, c) for g in per_ex.values()], lr)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+
+
+def test_sgd_and_winsorized_c0_are_plain_sgd():
+    data = batches(3)
+    plain = mlp()
+    for x, y in data:
+        sgd_update(plain, mean_grads(plain, x, y), 0.1)
+    for name, clip in [("sgd", 0), ("winsorized", 0)]:
+        model = mlp()
+        _, losses = run_transform(model, torch.optim.SGD(model.parameters(), lr=0.1), name, data,
+                                  clip)
+        assert all(loss.dim() == 0 and not loss.requires_grad for loss in losses)
+        for p, q in zip(model.parameters(), plain.parameters()):
+            torch.testing.assert_close(p, q, **TIGHT)
+
+
+def test_m3_matches_median_of_group_gradients():
+    data, lr = batches(4), 0.2
+    model, ref = mlp(), mlp()
+    _, losses = run_transform(model, torch.optim.SGD(model.parameters(), lr=lr), "m3", data)
+    for (x, y), loss in zip(data, losses):
+        torch.testing.assert_close(loss, F.cross_entropy(ref(x), y), **TIGHT)
+        groups = [mean_grads(ref, xs, ys) for xs, ys in zip(x.chunk(3), y.chunk(3))]
+        sgd_update(ref, [torch.stack(gs).median(0).values for gs in zip(*groups)], lr)
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, **TIGHT)
+
+
+def rolling_reference(name, model, data, opt, spoil=False):
+    """Straightforward RM3/RA3: keep every raw gradient; steps 0 and 1 use what exists."""
+    history = []
+    for x, y in data:
+        history.insert(0, mean_grads(model, x, y))
+        window = history[:3]
+        if len(window) == 2 or name == "ra3":
+            agg = [torch.stack(gs).mean(0) for gs in zip(*window)]
+        else:
+            agg = [torch.stack(gs).median(0).values for gs in zip(*window)]
+        opt.zero_grad()
+        for p, g in zip(model.parameters(), agg):
+            p.grad = g.clone()
+        opt.step()
+
+
+@pytest.mark.parametrize("name", ["rm3", "ra3"])
+@pytest.mark.parametrize("optim", ["sgd", "momentum", "adam"])
+def test_rolling_transforms_match_reference(name, optim):
+    make_opt = {"sgd": lambda ps: torch.optim.SGD(ps, lr=0.2),
+                "momentum": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9),
+                "adam": lambda ps: torch.optim.Adam(ps, lr=0.01)}[optim]
+    data = batches(6)
+    model, ref = mlp(), mlp()
+    t = make_gradient_transform(name)
+    opt = make_opt(model.parameters())
+    for x, y in data:
+        t.backward(model, x, y)
+        opt.step()
+        # Zeroing p.grad in place (like clip_grad_norm_ or zero_grad(set_to_none=False), which
+        # edit it in place) must not reach the transform's gradient history.
+        opt.zero_grad(set_to_none=False)
+    rolling_reference(name, ref, data, make_opt(ref.parameters()))
+    for p, q in zip(model.parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["rm3", "m3"])
+def test_compiled_median_transforms_equal_eager_bit_for_bit(compiled, name):
+    data, models = batches(5), []
+    for mode in ("1", "0"):
+        robust.set_compile(mode)
+        model = mlp()
+        run_transform(model, torch.optim.SGD(model.parameters(), lr=0.2), name, data)
+        assert not robust._compile_failed  # (set_compile resets the flag)
+        models.append(model)
+    robust.set_compile("1")
+    assert all(torch.equal(p, q) for p, q in zip(*(m.parameters() for m in models)))
+
+
+@pytest.mark.parametrize("name", ["sgd", "winsorized", "m3", "rm3", "ra3"])
+@pytest.mark.parametrize("optim", ["momentum", "adam"])
+def test_every_transform_composes_with_momentum_and_adam(name, optim):
+    model = mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = (torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9) if optim == "momentum"
+           else torch.optim.Adam(model.parameters(), lr=1e-3))
+    _, losses = run_transform(model, opt, name, batches(4), clip=2 if name == "winsorized" else 0)
+    assert all(torch.isfinite(loss) for loss in losses)
+    for p, b in zip(model.parameters(), before):
+        assert torch.isfinite(p).all() and not torch.equal(p, b)
+
+
+@pytest.mark.parametrize("name", ["rm3", "ra3", "m3", "winsorized"])
+def test_resume_from_saved_state_is_exact(tmp_path, name):
+    data, k, clip = batches(7), 3, 2 if name == "winsorized" else 0
+
+    def fresh():
+        model = mlp()
+        return model, torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), \
+            make_gradient_transform(name, clip)
+
+    def steps(model, opt, t, part):
+        for x, y in part:
+            opt.zero_grad()
+            t.backward(model, x, y)
+            opt.step()
+
+    model, opt, t = fresh()
+    steps(model, opt, t, data[:k])
+    state = {"model": model.state_dict(), "opt": opt.state_dict(), "transform": t.state_dict()}
+    torch.save(state, tmp_path / "ckpt.pt")
+    steps(model, opt, t, data[k:])  # the unbroken run continues, mutating its buffers
+
+    # Also the transform's in-memory state_dict taken before the run went on: it must be a
+    # snapshot. (Model/optimizer state_dicts are live references by torch's design, and
+    # Optimizer.load_state_dict adopts the loaded tensors, so reload the file each time.)
+    for in_memory in (False, True):
+        source = torch.load(tmp_path / "ckpt.pt")
+        if in_memory:
+            source["transform"] = state["transform"]
+        m2, o2, t2 = fresh()
+        m2.load_state_dict(source["model"])
+        o2.load_state_dict(source["opt"])
+        t2.load_state_dict(source["transform"])
+        steps(m2, o2, t2, data[k:])
+        for p, q in zip(model.parameters(), m2.parameters()):
+            assert torch.equal(p, q)
+    if name in ("rm3", "ra3"):
+        assert t.steps == len(data) and len(t.state_dict()["history"]) == 2
+
+
+def test_transform_argument_errors():
+    with pytest.raises(ValueError, match="unknown"):
+        make_gradient_transform("rm5")
+    with pytest.raises(ValueError, match="only applies"):
+        make_gradient_transform("rm3", clip=2)
+    with pytest.raises(ValueError, match="integer"):
+        make_gradient_transform("winsorized", clip=-1)
+    model = mlp()
+    x, y = batches(1, B=10)[0]
+    with pytest.raises(ValueError, match="divisible by 3"):
+        make_gradient_transform("m3").backward(model, x, y)
+    with pytest.raises(ValueError, match="c < B/2"):
+        make_gradient_transform("winsorized", clip=5).backward(model, x, y)
+    with pytest.raises(ValueError, match="cannot load"):
+        make_gradient_transform("ra3").load_state_dict(make_gradient_transform("rm3").state_dict())
