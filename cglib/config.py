@@ -83,6 +83,9 @@ def _cross_checks(p: dict) -> None:
         raise ParamsError(f"train.batch_size: {batch} exceeds data.n_train = {data['n_train']}")
     if any(m >= t["steps"] for m in t["lr_milestones"]):
         raise ParamsError(f"train.lr_milestones: every milestone must be < train.steps = {t['steps']}")
+    if p["model"]["name"] == "resnet18" and any(o["name"] == "winsorized" and o["clip"] for o in t["optimizers"]):
+        raise ParamsError("train.optimizers: winsorized needs per-example gradients, which BatchNorm in "
+                          "training mode (resnet18) does not have; use an mlp")
     if p["model"]["name"] == "resnet18" and data["dataset"] == "synthetic":
         raise ParamsError("model.name: resnet18 needs an image dataset, not synthetic")
 
