@@ -62,13 +62,29 @@ def _empty(path, what: str) -> None:
     _save(fig, path)
 
 
+def _prefer_sgd(df: pd.DataFrame) -> pd.DataFrame:
+    """The SGD runs where there are any (E2/E7 are about plain SGD), else the first variant."""
+    names = set(df["optimizer"])
+    return df[df["optimizer"] == ("sgd" if "sgd" in names else min(names))]
+
+
+def _finish(fig, axes, ylabel: str, path, fontsize: int) -> None:
+    for ax in axes.flat:
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(ylabel)
+    axes[0][0].legend(fontsize=fontsize)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def coherence_curves(metrics: pd.DataFrame, path) -> None:
     """E7 (MC Fig. 3 style): m-coherence over steps, one panel per layer ("all" first),
     one line per noise level; solid = train sample, dashed = test sample (SGD runs, seed mean)."""
     coh = metrics[(metrics["metric"] == "m_coherence") & (metrics["experiment"] == "E7")]
     if coh.empty:
         return _empty(path, "m-coherence (train.coherence)")
-    coh = coh[coh["optimizer"] == ("sgd" if "sgd" in set(coh["optimizer"]) else coh["optimizer"].min())]
+    coh = _prefer_sgd(coh)
     layers = ["all"] + sorted(set(coh["layer"]) - {"all"})
     noises = sorted(coh["noise"].unique())
     fig, axes = plt.subplots(1, len(layers), figsize=(3.4 * len(layers), 3), squeeze=False)
@@ -83,36 +99,31 @@ def coherence_curves(metrics: pd.DataFrame, path) -> None:
         ax.set_xscale("symlog", linthresh=10)
         ax.set_yscale("log")
         ax.set_title(f"layer {layer}")
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("m-coherence")
-    axes[0][0].legend(fontsize=6)
-    fig.tight_layout()
-    _save(fig, path)
+    _finish(fig, axes, "m-coherence", path, fontsize=6)
 
 
 def share_curves(metrics: pd.DataFrame, path) -> None:
-    """E2 (CG Fig. 2 style): f^p and f^c over the tracked steps per noise level; the real
-    designation bold, the K null worlds thin (SGD runs, first seed)."""
-    f = metrics[metrics["metric"].isin(["f_pristine", "f_corrupt"]) & (metrics["experiment"] == "E2")]
-    if f.empty:
+    """E2 (CG Figs. 2–3 style), one column per noise level: top, f^p and f^c per step; bottom,
+    the cumulative per-example contributions i^p and i^c. Real designation bold, the K null
+    worlds thin (SGD runs, first seed)."""
+    e2 = metrics[(metrics["experiment"] == "E2")]
+    if e2.empty:
         return _empty(path, "loss-reduction shares (train.shares)")
-    f = f[(f["optimizer"] == ("sgd" if "sgd" in set(f["optimizer"]) else f["optimizer"].min()))
-          & (f["seed"] == f["seed"].min())]
-    noises = sorted(n for n in f["noise"].unique() if 0 < n < 1) or sorted(f["noise"].unique())
-    fig, axes = plt.subplots(1, len(noises), figsize=(3.4 * len(noises), 3), sharey=True, squeeze=False)
-    for ax, noise in zip(axes[0], noises):
-        cell = f[f["noise"] == noise]
-        for (metric, null), g in cell.groupby(["metric", "null"]):
-            real = null == -1
-            g = g.sort_values("step")
-            ax.plot(g["step"], g["value"], color="C2" if metric == "f_pristine" else "C3",
-                    linewidth=2 if real else 0.7, alpha=1 if real else 0.6,
-                    label=(metric if real else None))
-        ax.set_title(f"noise {noise:g} (thin: nulls)")
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("share of loss reduction")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, path)
+    e2 = _prefer_sgd(e2)
+    e2 = e2[e2["seed"] == e2["seed"].min()]
+    noises = sorted(n for n in e2["noise"].unique() if 0 < n < 1) or sorted(e2["noise"].unique())
+    fig, axes = plt.subplots(2, len(noises), figsize=(3.4 * len(noises), 5.6), sharex=True, squeeze=False)
+    for j, noise in enumerate(noises):
+        cell = e2[e2["noise"] == noise]
+        for row, group in enumerate(("f", "i")):
+            ax = axes[row][j]
+            for (metric, null), g in cell[cell["metric"].str.startswith(group + "_")].groupby(["metric", "null"]):
+                real = null == -1
+                g = g.sort_values("step")
+                ax.plot(g["step"], g["value"], color="C2" if metric.endswith("pristine") else "C3",
+                        linewidth=2 if real else 0.7, alpha=1 if real else 0.6, label=metric if real else None)
+            if row == 0:
+                ax.set_title(f"noise {noise:g} (thin: nulls)")
+    axes[1][0].set_ylabel("cumulative per example")
+    axes[1][0].legend(fontsize=7)
+    _finish(fig, axes, "share of loss reduction", path, fontsize=7)
