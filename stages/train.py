@@ -37,8 +37,8 @@ def main(argv=None):
     except DataError as err:
         cli.fail(str(err))
     lab = pd.read_parquet(args.labels)
-    labels = torch.as_tensor(lab["label"].to_numpy())
-    corrupt = torch.as_tensor(lab["corrupt"].to_numpy())
+    labels = torch.tensor(lab["label"].to_numpy())  # a copy: Arrow buffers are read-only
+    corrupt = torch.tensor(lab["corrupt"].to_numpy())
     if len(labels) != len(data["y_train"]):
         cli.fail(f"{args.labels}: {len(labels)} labels for {len(data['y_train'])} training examples")
 
