@@ -162,6 +162,15 @@ def prepare(data_params: dict) -> dict:
     )
 
 
+def fixed_sample(n: int, size: int, seed: int, device="cpu") -> torch.Tensor:
+    """Sorted indices of a seeded random subset of range(n) of `size` (all of it if size ≥ n):
+    the same examples in every run of a study, whatever the run's own seed."""
+    if size >= n:
+        return torch.arange(n, device=device)
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=gen)[:size].sort().values.to(device)
+
+
 def to_float(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 images → normalised float32; float features pass through."""
     if x.dtype != torch.uint8:

@@ -8,17 +8,9 @@ pristine / corrupt shares of the loss reduction with K null worlds, CG §2.4). P
 """
 from __future__ import annotations
 
-import torch
-
 from cglib.coherence import model_coherence_stats
+from cglib.data import fixed_sample
 from cglib.shares import LossShareTracker
-
-
-def _fixed_sample(n: int, size: int, seed: int, device) -> torch.Tensor:
-    if size >= n:
-        return torch.arange(n, device=device)
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randperm(n, generator=gen)[:size].sort().values.to(device)
 
 
 class CoherenceProbe:
@@ -30,7 +22,7 @@ class CoherenceProbe:
         for split, x, y, seed in (("train", x_train, y_train, cfg["seed"]), ("test", x_test, y_test, cfg["seed"] + 1)):
             size = cfg[f"{split}_sample"]
             if size:  # 0 = this split is not measured
-                idx = _fixed_sample(len(x), size, seed, x.device)
+                idx = fixed_sample(len(x), size, seed, x.device)
                 self.samples[split] = (x[idx], y[idx])
 
     def rows(self, step: int, model, scheduled: bool) -> list[dict]:

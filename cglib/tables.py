@@ -56,6 +56,17 @@ def write_text(text: str, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
+def save_torch(obj, path: str | Path) -> None:
+    """torch.save through a temp file: a kill mid-write never leaves a half file behind."""
+    import torch  # lazy: reading tables needs no torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
 def write_json(obj, path: str | Path) -> None:
     write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -19,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from cglib import tables
+from cglib.data import fixed_sample
 from cglib.models import build_model
 from cglib.probes import make_probes
 from cglib.robust import make_gradient_transform
@@ -108,12 +109,6 @@ def evaluate(model, run: dict) -> list[dict]:
 
 # ---------------------------------------------------------------------------- checkpoints
 
-def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _load_checkpoint(path: Path | None, fingerprint: str, log: Callable) -> dict | None:
     if path is None or not path.is_file():
         return None
@@ -144,10 +139,7 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
     transform = make_gradient_transform(spec["optimizer"], spec["clip"])
     probes = make_probes(t, spec["optimizer"], data, labels, corrupt, log)
 
-    sample = t["eval_train_sample"]
-    eval_idx = torch.arange(n, device=device)
-    if sample and sample < n:  # fixed sample, same for every run of the study
-        eval_idx = torch.randperm(n, generator=torch.Generator().manual_seed(0))[:sample].sort().values.to(device)
+    eval_idx = fixed_sample(n, t["eval_train_sample"] or n, seed=0, device=device)
     run = dict(x_eval=data["x_train"][eval_idx], y_eval=labels[eval_idx], corrupt_eval=corrupt[eval_idx],
                x_test=data["x_test"], y_test=data["y_test"], noise=float(spec["noise"]),
                num_classes=data["num_classes"])
@@ -185,7 +177,7 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
         if step == t["steps"]:
             break
         if checkpoint is not None and step > start and step % t["checkpoint_every"] == 0:
-            _save_atomic(dict(fingerprint=fingerprint, step=step, rows=rows, model=model.state_dict(),
+            tables.save_torch(dict(fingerprint=fingerprint, step=step, rows=rows, model=model.state_dict(),
                               optimizer=optimizer.state_dict(), transform=transform.state_dict(),
                               probes={k: p.state_dict() for k, p in probes.items()}), checkpoint)
         idx = batch_indices(step, n, batch, spec["seed"], cache).to(device)

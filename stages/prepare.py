@@ -1,10 +1,5 @@
 """Stage prepare: raw dataset → data/prepared/<dataset>.pt (the study's train/test subsets)."""
-import os
-from pathlib import Path
-
-import torch
-
-from cglib import cli, data
+from cglib import cli, data, tables
 
 
 def main(argv=None):
@@ -15,11 +10,7 @@ def main(argv=None):
         prepared = data.prepare(params["data"])
     except data.DataError as err:
         cli.fail(str(err))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(prepared, tmp)
-    os.replace(tmp, out)
+    tables.save_torch(prepared, args.out)
     log(f"{'dataset':<14} {'classes':>7} {'train':>7} {'test':>7}  input")
     log(f"{prepared['dataset']:<14} {prepared['num_classes']:>7} {len(prepared['y_train']):>7} "
         f"{len(prepared['y_test']):>7}  {tuple(prepared['x_train'].shape[1:])}")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from cglib.tables import METRIC_COLUMNS
-from conftest import PY, ROOT
+from conftest import PY
 
 BIN = Path(PY).parent
 
