@@ -6,6 +6,10 @@ None), ``fast_ms``, ``reference_ms``, ``baseline`` (text naming the naive baseli
 ``baseline_ratio`` (naive / reference op time, or None) and ``note``. Ratios are measured
 within one run, so they are comparable across machines; absolute times are not.
 
+Each module runs in a fresh Python process (same interpreter, same flags): one module's heap,
+caches and compiled kernels must not change another's timings (the m-coherence benchmarks
+leave hundreds of MB of freed blocks behind, which made the robust-step times 30% slower).
+
 Prints one table and writes ``results/bench.json`` atomically. Rows already in that file whose
 names were not re-measured (e.g. with ``--only``) are kept; the header fields describe this run.
 """
@@ -18,6 +22,7 @@ import json
 import os
 import pkgutil
 import platform
+import subprocess
 import sys
 import tempfile
 import traceback
@@ -78,6 +83,24 @@ def write_json_atomic(path: Path, data: dict) -> None:
         raise
 
 
+def run_isolated(module: str, quick: bool, threads: int | None) -> list[dict]:
+    """``benchmarks.<module>.run(quick)`` in a child process; its rows come back as JSON."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "rows.json"
+        cmd = [sys.executable, "-m", "benchmarks", "--worker", module, "--out", str(out)]
+        cmd += (["--quick"] if quick else []) + ([f"--threads={threads}"] if threads else [])
+        done = subprocess.run(cmd)
+        if done.returncode:
+            raise RuntimeError(f"benchmark module {module} exited with {done.returncode}")
+        return json.loads(out.read_text())
+
+
+def worker(module: str, quick: bool, out: Path) -> int:
+    rows = importlib.import_module(f"benchmarks.{module}").run(quick=quick)
+    out.write_text(json.dumps(rows))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="few repetitions: a smoke run")
@@ -85,9 +108,12 @@ def main(argv: list[str] | None = None) -> int:
                     "contains SUBSTRING")
     ap.add_argument("--threads", type=int, help="torch.set_num_threads (default: as configured)")
     ap.add_argument("--out", type=Path, default=Path("results/bench.json"))
+    ap.add_argument("--worker", metavar="MODULE", help=argparse.SUPPRESS)  # see run_isolated
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.worker:
+        return worker(args.worker, args.quick, args.out)
 
     modules = discover(args.only)
     if not modules:
@@ -96,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     rows, failed = [], []
     for name in modules:
         try:
-            new = importlib.import_module(f"benchmarks.{name}").run(quick=args.quick)
+            new = run_isolated(name, args.quick, args.threads)
         except Exception:  # noqa: BLE001 - report, keep the other benchmarks
             traceback.print_exc()
             failed.append(name)

@@ -1,8 +1,8 @@
 """Robust-aggregation step times relative to a plain SGD step (DESIGN §8).
 
-A "step" is zero_grad + transform.backward + optimizer.step on random data. Fast, reference
-(SGD) and naive steps are timed interleaved, round by round, so drift on a shared machine hits
-all three alike; each reports the median over rounds after a warm-up (which also pays any
+A "step" is zero_grad + transform.backward + optimizer.step on random data. Fast and reference
+(SGD) steps are timed interleaved, round by round, so drift on a shared machine hits both
+alike, and the naive step in a block of its own (see ``measure``); each reports the median over rounds after a warm-up (which also pays any
 torch.compile cost, see cglib.robust).
 """
 
@@ -88,19 +88,29 @@ def naive_winsorized(c: int):
     return aggregate
 
 
-def measure(fns: dict, rounds: int, warmup: int, slow: dict | None = None) -> dict:
-    """Median ms per function; functions in ``slow`` ({name: rounds}) run fewer rounds."""
-    slow = slow or {}
+def measure(fns: dict, rounds: int, warmup: int, naive=None, naive_rounds: int = 0) -> dict:
+    """Median ms per step. The fast and reference steps (``fns``) alternate round by round in a
+    rotating order, so drift on a shared machine hits both alike. The naive step runs in its
+    own block afterwards: it allocates and frees stacks of whole gradients, which leaves the
+    allocator and caches in a state that is not the training loop's, and would slow
+    whichever step came next."""
     for f in fns.values():
         for _ in range(warmup):
             f()
     times: dict = {k: [] for k in fns}
+    names = list(fns)
     for r in range(rounds):
-        for k, f in fns.items():
-            if r < slow.get(k, rounds):
-                t0 = time.perf_counter()
-                f()
-                times[k].append(time.perf_counter() - t0)
+        for k in names[r % len(names):] + names[:r % len(names)]:
+            t0 = time.perf_counter()
+            fns[k]()
+            times[k].append(time.perf_counter() - t0)
+    if naive is not None:
+        naive()  # warm-up
+        times["naive"] = []
+        for _ in range(naive_rounds or rounds):
+            t0 = time.perf_counter()
+            naive()
+            times["naive"].append(time.perf_counter() - t0)
     return {k: 1e3 * sorted(v)[len(v) // 2] for k, v in times.items()}
 
 
@@ -115,21 +125,21 @@ def run(quick: bool) -> list[dict]:
     wide, deep = (784, 2048, 10), (784, 256, 256, 256, 10)
     rows = []
 
-    ms = measure({"fast": transform_step(wide, "rm3"), "ref": transform_step(wide, "sgd"),
-                  "naive": manual_step(wide, naive_rm3)}, rounds, warmup)
+    ms = measure({"fast": transform_step(wide, "rm3"), "ref": transform_step(wide, "sgd")},
+                 rounds, warmup, naive=manual_step(wide, naive_rm3))
     rows.append(row("rm3_vs_sgd", ms, 1.15, "stack + torch.median of 3 gradients",
                     f"MLP 784-2048-10, B={B}, SGD"))
 
     b3 = B - B % 3  # M3 needs 3 equal groups
     ms = measure({"fast": transform_step(wide, "m3", batch=b3),
-                  "ref": transform_step(wide, "sgd", batch=b3),
-                  "naive": manual_step(wide, naive_m3, batch=b3)}, rounds, warmup)
+                  "ref": transform_step(wide, "sgd", batch=b3)},
+                 rounds, warmup, naive=manual_step(wide, naive_m3, batch=b3))
     rows.append(row("m3_vs_sgd", ms, None, "3 group grads, stack + torch.median",
                     f"MLP 784-2048-10, B={b3}, SGD; 3 forward/backward passes of B/3"))
 
-    ms = measure({"fast": transform_step(deep, "winsorized", 2), "ref": transform_step(deep, "sgd"),
-                  "naive": manual_step(deep, naive_winsorized(2))},
-                 rounds, warmup, slow={"naive": 2 if quick else 5})
+    ms = measure({"fast": transform_step(deep, "winsorized", 2), "ref": transform_step(deep, "sgd")},
+                 rounds, warmup, naive=manual_step(deep, naive_winsorized(2)),
+                 naive_rounds=2 if quick else 5)
     rows.append(row("winsorized_vs_sgd", ms, 25.0, "torch.func vmap per-example grads + sort",
                     f"c=2, MLP 784-256-256-256-10, B={B}, SGD; aim 10"))
     return rows

@@ -11,7 +11,8 @@ Compilation (``torch.compile``, CPU by default). The streaming loop is many smal
 ops; eagerly each op allocates and re-reads the running lists, compiled the rows of one chunk
 (``_ROWS`` = 10) fuse into one C++/OpenMP loop over the coordinates (winsorized step on MLP
 3x256, B=100, c=2, one thread: ~35 ms compiled vs ~370 ms eager). RM3/M3 also compile their
-median into one fused pass (eager: three passes; results are bit-identical either way).
+median into one fused pass per tensor, one call for all parameters (eager: three passes;
+results are bit-identical either way).
 Compilation is lazy (at the first call), per variant (dense rows / Linear outer products /
 median) x clip level x dtype, and dynamic in the tensor sizes.
 
@@ -47,22 +48,30 @@ def median_of_3(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
     return torch.clamp(c, torch.minimum(a, b), torch.maximum(a, b))
 
 
-def _median_of_3_(a: Tensor, b: Tensor, c: Tensor, scratch: Tensor | None = None) -> Tensor:
-    """median_of_3 written into ``b`` (destroyed), for the transforms' hot path.
+def _medians_(a: list[Tensor], b: list[Tensor], c: list[Tensor],
+              scratch: list[Tensor] | None = None) -> list[Tensor]:
+    """median_of_3(a[i], b[i], c[i]) written into b[i] (destroyed) for every i; returns b.
 
-    The cost is memory traffic over all parameters: compiled it is one fused pass (read a, b,
-    c, write b); eagerly three passes (max into scratch, min into b, clamp into b). Both are
-    exact, so they agree bit for bit."""
+    The transforms' hot path, over all parameters of a model at once. Its cost is memory
+    traffic: compiled it is one call holding one fused loop per tensor (read a, b, c, write b).
+    One call for the whole list, not one per parameter, because a compiled call's own cost
+    (guards, dispatch: ~35 us on the 2-core CPU) is that of a 1.5 MB pass, so per-parameter
+    calls would cost a bias-sized model more than its traffic. Eagerly: three passes per tensor
+    (max into scratch, min into b, clamp into b). Both are exact, so they agree bit for bit."""
     with torch.no_grad():
-        if _want_compile(b.device):
-            return _run(_median_into, True, a, b, c)
-        hi = torch.maximum(a, b) if scratch is None else torch.maximum(a, b, out=scratch)
-        torch.minimum(a, b, out=b)
-        return torch.clamp(c, b, hi, out=b)
+        if b and _want_compile(b[0].device):
+            _run(_medians_into, True, a, b, c)
+            return b
+        for i, (x, y, z) in enumerate(zip(a, b, c)):
+            hi = torch.maximum(x, y) if scratch is None else torch.maximum(x, y, out=scratch[i])
+            torch.minimum(x, y, out=y)
+            torch.clamp(z, y, hi, out=y)
+        return b
 
 
-def _median_into(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
-    return b.copy_(median_of_3(a, b, c))
+def _medians_into(a: list[Tensor], b: list[Tensor], c: list[Tensor]) -> None:
+    for x, y, z in zip(a, b, c):
+        y.copy_(median_of_3(x, y, z))
 
 
 # ---------------------------------------------------------------- winsorized mean ------------
@@ -274,8 +283,8 @@ class M3(GradientTransform):
             group_grads.append([torch.zeros_like(p) if g is None else g
                                 for g, (_, p) in zip(gs, params)])
             losses.append(loss.detach())
-        for (_, p), g0, g1, g2 in zip(params, *group_grads):
-            p.grad = _median_of_3_(g0, g1, g2)
+        for (_, p), m in zip(params, _medians_(*group_grads)):
+            p.grad = m
         return torch.stack(losses).mean()
 
 
@@ -303,9 +312,9 @@ class Rolling(GradientTransform):
         elif self.name == "rm3":
             # The result goes into g_{t-2}'s buffer, which is dead after this step: no
             # allocation; the eager path keeps a persistent scratch for max(h1, h2).
-            out = [_median_of_3_(h1, h2, g, None if _want_compile(g.device)
-                                 else self._scratch_for(n, g))
-                   for n, g, h1, h2 in zip(names, grads, *prev)]
+            scratch = (None if _want_compile(grads[0].device)
+                       else [self._scratch_for(n, g) for n, g in zip(names, grads)])
+            out = _medians_(prev[0], prev[1], grads, scratch)
         else:
             out = [h2.add_(h1).add_(g).div_(3) for g, h1, h2 in zip(grads, *prev)]
         for (_, p), o in zip(params, out):

@@ -51,14 +51,18 @@ def test_median_of_3_matches_torch_median_with_ties(shape):
         assert torch.equal(median_of_3(*perm), expected)
 
 
-def test_median_of_3_in_place_eager_and_compiled_agree_exactly(compiled):
-    a, b, c = (torch.randn(50, 30, generator=torch.Generator().manual_seed(s)) for s in range(3))
-    expected = median_of_3(a, b, c)
-    fused = robust._median_of_3_(a, b.clone(), c)
+def test_medians_in_place_eager_and_compiled_agree_exactly(compiled):
+    shapes = [(50, 30), (30,), (3, 4, 5), (1,)]  # one call over a whole model's parameters
+    a, b, c = ([torch.randn(*s, generator=torch.Generator().manual_seed(10 * k + i))
+                for i, s in enumerate(shapes)] for k in range(3))
+    expected = [median_of_3(*t) for t in zip(a, b, c)]
+    fused = robust._medians_(a, [t.clone() for t in b], c)
     assert not robust._compile_failed
     robust.set_compile("0")
-    three_pass = robust._median_of_3_(a, b.clone(), c, torch.empty_like(a))
-    assert torch.equal(fused, expected) and torch.equal(three_pass, expected)
+    three_pass = robust._medians_(a, [t.clone() for t in b], c, [torch.empty_like(t) for t in a])
+    no_scratch = robust._medians_(a, [t.clone() for t in b], c)
+    for e, f, t, n in zip(expected, fused, three_pass, no_scratch):
+        assert torch.equal(f, e) and torch.equal(t, e) and torch.equal(n, e)
 
 
 # ------------------------------------------------------------------ winsorized_mean ---------
