@@ -133,7 +133,8 @@ def prime_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -
     """Recompute BatchNorm running statistics on the sample x (MC appendix B): reset them, run
     forward passes in train mode under no_grad with momentum=None (a cumulative average, so every
     batch counts equally and nothing of the stale statistics survives), then restore momentum and
-    every module's train/eval flag. No parameter changes. Modifies the running statistics in place
+    every module's train/eval flag. No parameter changes, no random numbers consumed (dropout in
+    train mode draws from a forked generator). Modifies the running statistics in place
     — that is the point; `model_m_coherence(prime_bn=True)` undoes it after measuring."""
     bns = _batchnorms(model)
     if not bns or len(x) == 0:
@@ -151,7 +152,9 @@ def prime_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -
             bn.reset_running_stats()
             bn.momentum = None
         model.train()
-        with torch.no_grad():
+        # fork_rng: train mode may run dropout, whose draws must not shift training's stream
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
             for xb in x.tensor_split(n_batches):
                 model(xb.to(device, non_blocking=True))
     finally:

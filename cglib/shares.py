@@ -15,10 +15,14 @@ does what CG describes: one backward pass per designation over the smaller of it
 (g^c = g − g^p needs no pass); "auto" uses it when a layer has no forward-mode derivative.
 All passes run in eval mode (restored afterwards): the decomposition g = Σ g_i needs examples
 that do not interact (no BatchNorm batch statistics), and eval mode consumes no random numbers,
-so measuring never perturbs the training run's random stream.
+so measuring never perturbs the training run's random stream. BatchNorm running statistics are
+first re-estimated on the measured set (`prime_batchnorm`, as for m-coherence) and restored
+afterwards: early in training they are still the initial (0, 1) and the eval-mode losses would
+describe a different function from the one being trained. Models without BatchNorm skip this.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -26,7 +30,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jvp
 
-from .coherence import _chunks, _device, eval_mode
+from .coherence import (_batchnorm_buffers_restored, _chunks, _device, eval_mode,
+                        prime_batchnorm)
 
 METHODS = ("auto", "jvp", "backward")
 
@@ -69,8 +74,9 @@ def _per_example_dots(model, params, g, x, y, chunk_size) -> torch.Tensor:
 
 
 def loss_shares(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pristine_masks,
-                chunk_size: int = 1024, method: str = "auto") -> dict:
+                chunk_size: int = 1024, method: str = "auto", prime_bn: bool = True) -> dict:
     """One measurement at the model's current weights over the set (x, y), all trainable weights.
+    prime_bn: measure with BatchNorm statistics re-estimated on x (restored afterwards).
 
     pristine_masks: a sequence of boolean (n,) masks, each one designation of the pristine group.
     Returns {"gg": ⟨g, g⟩, "g_gp": [⟨g, g^p⟩ for each mask], "method": the method used};
@@ -84,7 +90,11 @@ def loss_shares(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pristine_mas
     if len(y) != n or any(len(mk) != n for mk in masks):
         raise ValueError(f"x, y and every mask must have the same length ({n})")
     params = _trainable(model)
-    with eval_mode(model):
+    with contextlib.ExitStack() as stack:
+        if prime_bn:
+            stack.enter_context(_batchnorm_buffers_restored(model))
+            prime_batchnorm(model, x, batch_size=chunk_size)
+        stack.enter_context(eval_mode(model))
         g = _summed_gradient(model, params, x, y, chunk_size)
         gg = _dot(g, g)
         # a mask that is all pristine (or all corrupt) needs no pass: ⟨g, g⟩ (or 0)
@@ -138,7 +148,8 @@ class LossShareTracker:
     """
 
     def __init__(self, pristine, k_nulls: int = 3, seed: int = 0, chunk_size: int = 1024,
-                 method: str = "auto"):
+                 method: str = "auto", prime_bn: bool = True):
+        self.prime_bn = prime_bn
         self.pristine = torch.as_tensor(pristine, dtype=torch.bool).flatten().cpu().clone()
         self.k_nulls, self.seed, self.chunk_size, self.method = int(k_nulls), int(seed), chunk_size, method
         self.n_pristine = int(self.pristine.sum())
@@ -157,7 +168,8 @@ class LossShareTracker:
         if len(x) != len(self.pristine):
             raise ValueError(f"update needs the whole training set: {len(x)} examples given, "
                              f"{len(self.pristine)} designated")
-        shares = loss_shares(model, x, y, [self.pristine, *self.nulls], self.chunk_size, self.method)
+        shares = loss_shares(model, x, y, [self.pristine, *self.nulls], self.chunk_size, self.method,
+                             self.prime_bn)
         gg = shares["gg"]
         rows = []
         for k, g_gp in enumerate(shares["g_gp"]):

@@ -327,6 +327,31 @@ def test_loss_shares_match_the_per_example_definition(method):
         assert g_gp == pytest.approx(ref, rel=1e-4, abs=1e-6 * gg)
 
 
+def test_loss_shares_on_batchnorm_measure_primed_statistics_and_restore_them():
+    torch.manual_seed(6)
+    model = bn_net()
+    x, y = torch.randn(30, 3, 9, 9) + 1.5, torch.randint(0, 4, (30,))  # stale (0, 1) statistics
+    mask = torch.arange(30) % 3 > 0
+    stale = copy.deepcopy(model.state_dict())
+    primed = prime_batchnorm(copy.deepcopy(model), x, batch_size=8)
+    gg, ref = per_example_shares(primed, x, y, mask)
+    got = loss_shares(model, x, y, [mask], chunk_size=8, method="jvp")
+    assert got["gg"] == pytest.approx(gg, rel=1e-5)
+    assert got["g_gp"][0] == pytest.approx(ref, rel=1e-4, abs=1e-6 * gg)
+    unprimed = loss_shares(model, x, y, [mask], chunk_size=8, prime_bn=False)
+    assert unprimed["gg"] != pytest.approx(gg, rel=1e-2)  # priming changed what is measured
+    assert all(torch.equal(stale[k], v) for k, v in model.state_dict().items())
+
+
+def test_prime_batchnorm_consumes_no_random_numbers():
+    model = nn.Sequential(nn.Linear(5, 6), nn.BatchNorm1d(6), nn.Dropout(0.5), nn.Linear(6, 2))
+    torch.manual_seed(7)
+    expected = torch.rand(3)
+    torch.manual_seed(7)
+    prime_batchnorm(model, torch.randn(20, 5, generator=_gen(1)), batch_size=7)
+    assert torch.equal(torch.rand(3), expected)
+
+
 class NoForwardAD(torch.autograd.Function):
     generate_vmap_rule = True  # the brute-force reference vmaps through it
 
