@@ -2,8 +2,8 @@
 
 A "step" is zero_grad + transform.backward + optimizer.step on random data. Fast and reference
 (SGD) steps are timed interleaved, round by round, so drift on a shared machine hits both
-alike, and the naive step in a block of its own (see ``measure``); each reports the median over rounds after a warm-up (which also pays any
-torch.compile cost, see cglib.robust).
+alike; the naive step is timed in a block of its own (see ``measure``). Each reports the median
+over rounds after a warm-up (which also pays any torch.compile cost, see cglib.robust).
 """
 
 from __future__ import annotations

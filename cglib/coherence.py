@@ -165,6 +165,18 @@ def prime_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -
     return model
 
 
+@contextlib.contextmanager
+def measuring(model: nn.Module, x: torch.Tensor, prime_bn: bool, batch_size: int):
+    """Eval mode for per-example measurements on x; with prime_bn, on BatchNorm statistics
+    re-estimated on x (`prime_batchnorm`), training's own statistics put back afterwards."""
+    with contextlib.ExitStack() as stack:
+        if prime_bn:
+            stack.enter_context(_batchnorm_buffers_restored(model))
+            prime_batchnorm(model, x, batch_size=batch_size)
+        stack.enter_context(eval_mode(model))
+        yield model
+
+
 # ------------------------------------------------------------------ per-example squared norms
 # Each rule maps (module, layer input a, output grad δ) of one chunk to {param name: (N,) tensor}.
 
@@ -337,11 +349,7 @@ def model_coherence_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     rerouted = set()
     device = _device(model)
 
-    with contextlib.ExitStack() as stack:
-        if prime_bn:  # measure on primed statistics, but leave training's own statistics alone
-            stack.enter_context(_batchnorm_buffers_restored(model))
-            prime_batchnorm(model, x, batch_size=chunk_size)
-        stack.enter_context(eval_mode(model))
+    with measuring(model, x, prime_bn, chunk_size):
         while True:
             fast = {modules[name]: own for name, own in owners.items()
                     if _rule(modules[name]) is not None and modules[name] not in rerouted

@@ -22,7 +22,6 @@ describe a different function from the one being trained. Models without BatchNo
 """
 from __future__ import annotations
 
-import contextlib
 import warnings
 
 import torch
@@ -30,8 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jvp
 
-from .coherence import (_batchnorm_buffers_restored, _chunks, _device, eval_mode,
-                        prime_batchnorm)
+from .coherence import _chunks, _device, measuring
 
 METHODS = ("auto", "jvp", "backward")
 
@@ -90,11 +88,7 @@ def loss_shares(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pristine_mas
     if len(y) != n or any(len(mk) != n for mk in masks):
         raise ValueError(f"x, y and every mask must have the same length ({n})")
     params = _trainable(model)
-    with contextlib.ExitStack() as stack:
-        if prime_bn:
-            stack.enter_context(_batchnorm_buffers_restored(model))
-            prime_batchnorm(model, x, batch_size=chunk_size)
-        stack.enter_context(eval_mode(model))
+    with measuring(model, x, prime_bn, chunk_size):
         g = _summed_gradient(model, params, x, y, chunk_size)
         gg = _dot(g, g)
         # a mask that is all pristine (or all corrupt) needs no pass: ⟨g, g⟩ (or 0)
