@@ -13,13 +13,15 @@ ops; eagerly each op allocates and re-reads the running lists, compiled the rows
 3x256, B=100, c=2, one thread: ~35 ms compiled vs ~370 ms eager). RM3/M3 also compile their
 median into one fused pass per tensor, one call for all parameters (eager: three passes;
 results are bit-identical either way).
-Compilation is lazy (at the first call), per variant (dense rows / Linear outer products /
-median) x clip level x dtype, and dynamic in the tensor sizes.
+One compiled call per chunk serves every parameter of the model (``winsorized_means``): the
+call's own cost (dynamo guards, dispatch) was a fifth of the step when paid per parameter
+(winsorized step on MLP 3x256, 2 threads: 21.3 -> 17.7 ms). Compilation is lazy (at the first
+call), per model structure (the list of sources) x clip level x dtype, and dynamic in the sizes.
 
 How the compile cost is paid once: inductor keeps its FX-graph cache and compiled kernels on
 disk in ``TORCHINDUCTOR_CACHE_DIR`` (default ``/tmp/torchinductor_$USER``). Measured on the
-2-core CPU: the first winsorized run with a cold cache spends ~20 s compiling, every later
-process ~4 s (re-tracing, then cache hits); RM3 ~5 s cold, ~2 s warm. Point
+2-core CPU: the first winsorized run (MLP 3x256) with a cold cache spends ~30 s compiling,
+every later process ~7 s (re-tracing, then cache hits); RM3 ~5 s cold, ~2 s warm. Point
 ``TORCHINDUCTOR_CACHE_DIR`` at a persistent directory shared by all runs of a study, e.g.
 ``export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor`` (concurrent jobs may share it), so only
 the first job of a study pays the cold compile. ``CGLIB_COMPILE=auto`` (default: compile for
@@ -86,9 +88,7 @@ def winsorized_mean(g: Tensor, c: int) -> Tensor:
         raise ValueError(f"winsorized_mean needs a floating-point tensor, got {g.dtype}")
     if c == 0:
         return g.mean(0)
-    flat = g.reshape(B, -1)
-    with torch.no_grad():
-        return _stream("dense", (flat,), (flat.shape[1],), c).reshape(g.shape[1:])
+    return winsorized_means([("dense", (g.reshape(B, -1),))], c)[0].reshape(g.shape[1:])
 
 
 def winsorized_outer_mean(delta: Tensor, act: Tensor, c: int) -> Tensor:
@@ -97,8 +97,25 @@ def winsorized_outer_mean(delta: Tensor, act: Tensor, c: int) -> Tensor:
     B = _check_clip(c, delta.shape[0])
     if c == 0:
         return delta.t() @ act / B
+    return winsorized_means([("outer", (delta, act))], c)[0]
+
+
+def winsorized_means(sources: list[tuple[str, tuple[Tensor, ...]]], c: int) -> list[Tensor]:
+    """Winsorized means of several sources of B rows each, in one stream: ("dense", (g,)) with
+    g of shape (B, n), or ("outer", (delta, act)) for the rows delta_b^T act_b. All sources
+    share B, dtype and device. One compiled call per chunk of rows serves them all: a call's
+    own cost (guards, dispatch) is paid per chunk, not per chunk and parameter."""
+    B = _check_clip(c, sources[0][1][0].shape[0])
+    kinds = tuple(kind for kind, _ in sources)
+    srcs = [tuple(src) for _, src in sources]
+    if any(s[0].shape[0] != B for s in srcs):
+        raise ValueError("winsorized_means: every source needs the same number of rows")
+    if c == 0:
+        return [s[0].mean(0) if k == "dense" else s[0].t() @ s[1] / B for k, s in zip(kinds, srcs)]
+    shapes = [(s[0].shape[1],) if k == "dense" else (s[0].shape[1], s[1].shape[1])
+              for k, s in zip(kinds, srcs)]
     with torch.no_grad():
-        return _stream("outer", (delta, act), (delta.shape[1], act.shape[1]), c)
+        return _stream(kinds, srcs, shapes, c)
 
 
 def _check_clip(c, B: int) -> int:
@@ -115,40 +132,50 @@ def _rows(kind: str, src: tuple[Tensor, ...]) -> list[Tensor]:
     return [delta[b].unsqueeze(1) * act[b].unsqueeze(0) for b in range(delta.shape[0])]
 
 
-def _update(kind, top, bot, src):
-    """Insert a chunk of rows into the running lists top (descending) and bot (ascending)."""
-    top, bot = list(top), list(bot)
-    for x in _rows(kind, src):
-        y = x
-        for j in range(len(top) - 1):  # bubble x down the top list, y down the bottom list
-            top[j], x = torch.maximum(top[j], x), torch.minimum(top[j], x)
-            bot[j], y = torch.minimum(bot[j], y), torch.maximum(bot[j], y)
-        top[-1] = torch.maximum(top[-1], x)
-        bot[-1] = torch.minimum(bot[-1], y)
-    return tuple(top), tuple(bot)
+def _update(kinds, tops, bots, srcs):
+    """Insert a chunk of rows of every source into its running lists top (descending) and bot
+    (ascending)."""
+    new_tops, new_bots = [], []
+    for kind, top, bot, src in zip(kinds, tops, bots, srcs):
+        top, bot = list(top), list(bot)
+        for x in _rows(kind, src):
+            y = x
+            for j in range(len(top) - 1):  # bubble x down the top list, y down the bottom list
+                top[j], x = torch.maximum(top[j], x), torch.minimum(top[j], x)
+                bot[j], y = torch.minimum(bot[j], y), torch.maximum(bot[j], y)
+            top[-1] = torch.maximum(top[-1], x)
+            bot[-1] = torch.minimum(bot[-1], y)
+        new_tops.append(tuple(top))
+        new_bots.append(tuple(bot))
+    return new_tops, new_bots
 
 
-def _clipped_sum(kind, acc, lo, hi, src):
-    for x in _rows(kind, src):
-        acc = acc + torch.clamp(x, lo, hi)
-    return acc
+def _clipped_sum(kinds, accs, los, his, srcs):
+    out = []
+    for kind, acc, lo, hi, src in zip(kinds, accs, los, his, srcs):
+        for x in _rows(kind, src):
+            acc = acc + torch.clamp(x, lo, hi)
+        out.append(acc)
+    return out
 
 
-def _stream(kind, src, shape, c):
-    B, ref = src[0].shape[0], src[0]
+def _stream(kinds, srcs, shapes, c):
+    B, ref = srcs[0][0].shape[0], srcs[0][0]
     # Finite sentinels rather than +-inf: safe under fast-math compiler flags.
     fin = torch.finfo(ref.dtype)
-    top = tuple(ref.new_full(shape, fin.min) for _ in range(c + 1))
-    bot = tuple(ref.new_full(shape, fin.max) for _ in range(c + 1))
+    tops = [tuple(ref.new_full(shape, fin.min) for _ in range(c + 1)) for shape in shapes]
+    bots = [tuple(ref.new_full(shape, fin.max) for _ in range(c + 1)) for shape in shapes]
     compiled = _want_compile(ref.device)
-    chunks = [tuple(s[i:i + _ROWS] for s in src) for i in range(0, B, _ROWS)]
-    for chunk in chunks:  # a short last chunk runs eagerly rather than compiling a 2nd graph
-        top, bot = _run(_update, compiled and len(chunk[0]) == _ROWS, kind, top, bot, chunk)
-    acc = ref.new_zeros(shape)
-    for chunk in chunks:
-        acc = _run(_clipped_sum, compiled and len(chunk[0]) == _ROWS,
-                   kind, acc, bot[-1], top[-1], chunk)
-    return acc.div_(B)
+    chunks = [(i, [tuple(t[i:i + _ROWS] for t in src) for src in srcs])
+              for i in range(0, B, _ROWS)]
+    full = {i: B - i >= _ROWS for i, _ in chunks}  # a short last chunk runs eagerly rather
+    for i, chunk in chunks:                          # than compiling a second graph
+        tops, bots = _run(_update, compiled and full[i], kinds, tops, bots, chunk)
+    accs = [ref.new_zeros(shape) for shape in shapes]
+    los, his = [b[-1] for b in bots], [t[-1] for t in tops]
+    for i, chunk in chunks:
+        accs = _run(_clipped_sum, compiled and full[i], kinds, accs, los, his, chunk)
+    return [acc.div_(B) for acc in accs]
 
 
 _compile_mode = os.environ.get("CGLIB_COMPILE", "auto")
@@ -251,18 +278,24 @@ class Winsorized(GradientTransform):
         if c == 0:
             return _plain_backward(params, model, x, y)[0]
         losses, grads = per_example_grads_factored(model, x, y)
-        out = {n: winsorized_outer_mean(g.delta, g.act, c)
-               for n, g in grads.items() if isinstance(g, Outer)}
-        # All other per-example grads (biases, conv, ...) go through one call per dtype and
-        # device: the streaming loop's cost is per row, not per coordinate, for small params.
+        # One stream per dtype and device: Linear weights as outer products, every other
+        # per-example gradient (biases, conv, ...) concatenated into one dense source, since
+        # the streaming loop's cost is per row and call, not per coordinate, for small params.
         groups: dict = {}
         for n, g in grads.items():
-            if not isinstance(g, Outer):
-                groups.setdefault((g.device, g.dtype), []).append(n)
+            ref = g.delta if isinstance(g, Outer) else g
+            groups.setdefault((ref.device, ref.dtype), []).append(n)
+        out = {}
         for names in groups.values():
-            flat = torch.cat([grads[n].reshape(B, -1) for n in names], 1)
-            sizes = [grads[n][0].numel() for n in names]
-            out.update(zip(names, winsorized_mean(flat, c).split(sizes)))
+            outer = [n for n in names if isinstance(grads[n], Outer)]
+            dense = [n for n in names if n not in outer]
+            sources = [("outer", (grads[n].delta, grads[n].act)) for n in outer]
+            if dense:
+                sources.append(("dense", (torch.cat([grads[n].reshape(B, -1) for n in dense], 1),)))
+            means = winsorized_means(sources, c)
+            out.update(zip(outer, means))
+            if dense:
+                out.update(zip(dense, means[-1].split([grads[n][0].numel() for n in dense])))
         for n, p in params:
             p.grad = out[n].reshape(p.shape)
         return losses.mean()

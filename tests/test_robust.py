@@ -102,6 +102,25 @@ def test_winsorized_outer_mean_matches_materialized(use_compile):
     assert not robust._compile_failed
 
 
+@pytest.mark.parametrize("use_compile", [False, True])
+@pytest.mark.parametrize("c", [0, 3])
+def test_winsorized_means_of_mixed_sources_in_one_stream(use_compile, c):
+    robust.set_compile("1" if use_compile else "0")
+    B = 23  # two compiled chunks of 10 and an eager remainder of 3
+    d1, a1 = ints(B, 6, seed=3, lo=-2, hi=3), ints(B, 9, seed=4, lo=0, hi=3)
+    d2, a2 = torch.randn(B, 4, generator=torch.Generator().manual_seed(5)), ints(B, 3, seed=6)
+    dense = ints(B, 50, seed=7)
+    got = robust.winsorized_means([("outer", (d1, a1)), ("dense", (dense,)),
+                                   ("outer", (d2, a2))], c)
+    expected = [sort_winsorized(d1[:, :, None] * a1[:, None, :], c), sort_winsorized(dense, c),
+                sort_winsorized(d2[:, :, None] * a2[:, None, :], c)]
+    for out, ref in zip(got, expected):
+        torch.testing.assert_close(out, ref, **TIGHT)
+    assert not robust._compile_failed
+    with pytest.raises(ValueError, match="rows"):
+        robust.winsorized_means([("dense", (dense,)), ("dense", (dense[:-1],))], c)
+
+
 def test_winsorized_mean_c0_is_mean_and_invalid_c_raises():
     g = torch.randn(8, 5)
     assert torch.equal(winsorized_mean(g, 0), g.mean(0))
