@@ -166,15 +166,16 @@ def _stream(kinds, srcs, shapes, c):
     tops = [tuple(ref.new_full(shape, fin.min) for _ in range(c + 1)) for shape in shapes]
     bots = [tuple(ref.new_full(shape, fin.max) for _ in range(c + 1)) for shape in shapes]
     compiled = _want_compile(ref.device)
-    chunks = [(i, [tuple(t[i:i + _ROWS] for t in src) for src in srcs])
+    # (compile this chunk?, its rows of every source): a short last chunk runs eagerly rather
+    # than compiling a second graph
+    chunks = [(compiled and B - i >= _ROWS, [tuple(t[i:i + _ROWS] for t in src) for src in srcs])
               for i in range(0, B, _ROWS)]
-    full = {i: B - i >= _ROWS for i, _ in chunks}  # a short last chunk runs eagerly rather
-    for i, chunk in chunks:                          # than compiling a second graph
-        tops, bots = _run(_update, compiled and full[i], kinds, tops, bots, chunk)
+    for compile_chunk, chunk in chunks:
+        tops, bots = _run(_update, compile_chunk, kinds, tops, bots, chunk)
     accs = [ref.new_zeros(shape) for shape in shapes]
     los, his = [b[-1] for b in bots], [t[-1] for t in tops]
-    for i, chunk in chunks:
-        accs = _run(_clipped_sum, compiled and full[i], kinds, accs, los, his, chunk)
+    for compile_chunk, chunk in chunks:
+        accs = _run(_clipped_sum, compile_chunk, kinds, accs, los, his, chunk)
     return [acc.div_(B) for acc in accs]
 
 
