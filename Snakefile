@@ -1,7 +1,8 @@
 # coherent-gradients: the whole study from one params file.
 #   snakemake --cores all                                  # params.yaml
 #   snakemake --cores all --configfile studies/smoke.yaml  # another study, no code change
-# Data flow: prepare → corrupt (per noise) → train (noise × optimizer × seed) → aggregate.
+# Data flow: prepare → corrupt (per noise) → easyhard (per seed) → difficulty →
+#            train (noise × optimizer × seed; E6: subset × seed) → aggregate.
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -23,5 +24,7 @@ rule all:
 ##### stages: one rule file each, all calling stages/<name>.py #####
 include: "rules/prepare.smk"
 include: "rules/corrupt.smk"
+include: "rules/easyhard.smk"
+include: "rules/difficulty.smk"
 include: "rules/train.smk"
 include: "rules/aggregate.smk"

@@ -13,6 +13,8 @@ per-example squared norms from closed forms per layer type, streamed over the sa
 - anything else (and any module called twice or sharing a parameter): exact per-example grads
   of that module's parameters only, by torch.func vmap(grad(functional_call)).
 
+`per_example_sq_norms` returns the per-example squared norms themselves (GraNd) from the same pass.
+
 Gradients are taken in eval mode: BatchNorm then uses its running statistics, so each example's
 loss depends on that example alone and the per-example decomposition g = Σ g_i is well defined
 (MC appendix B). Prime the running statistics first (`prime_batchnorm`) when they are stale.
@@ -271,9 +273,10 @@ class _Reroute(Exception):
         self.modules = modules
 
 
-def _chunk_stats(model, xc, yc, fast, fallback, params, qualified, sq_sums, g_sum):
-    """One chunk: summed gradient via autograd, per-example squared norms via hooks (fast
-    modules) and vmap (fallback parameters); accumulates into g_sum and sq_sums."""
+def _chunk_stats(model, xc, yc, fast, fallback, params, qualified, add, g_sum):
+    """One chunk: per-example squared norms via hooks (fast modules) and vmap (fallback
+    parameters), each handed to add(p, (n,) tensor); the summed gradient via autograd, added
+    into g_sum unless it is None."""
     n = len(xc)
     calls, bad, handles = {}, set(), []
 
@@ -288,7 +291,7 @@ def _chunk_stats(model, xc, yc, fast, fallback, params, qualified, sq_sums, g_su
         def on_output_grad(d):
             norms = _rule(mod)(mod, a, d.detach())
             for pn, p in fast[mod]:
-                sq_sums[p] += norms[pn].sum(dtype=torch.float64)
+                add(p, norms[pn])
 
         out.register_hook(on_output_grad)
 
@@ -300,13 +303,14 @@ def _chunk_stats(model, xc, yc, fast, fallback, params, qualified, sq_sums, g_su
         reroute = bad | {mod for mod, k in calls.items() if k > 1}
         if reroute:
             raise _Reroute(reroute)
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)  # also fires the norm hooks
     finally:
         for h in handles:
             h.remove()
-    for p, gp in zip(params, grads):
-        if gp is not None:
-            g_sum[p] += gp.double()
+    if g_sum is not None:
+        for p, gp in zip(params, grads):
+            if gp is not None:
+                g_sum[p] += gp.double()
 
     if fallback:
         names = {qualified[p]: p for p in fallback}
@@ -319,20 +323,17 @@ def _chunk_stats(model, xc, yc, fast, fallback, params, qualified, sq_sums, g_su
             per_example = vmap(grad(example_loss), in_dims=(None, 0, 0))(
                 {k: p.detach() for k, p in names.items()}, xc, yc)
         for k, p in names.items():
-            sq_sums[p] += per_example[k].square().sum(dtype=torch.float64)
+            add(p, per_example[k].square().reshape(n, -1).sum(1, dtype=torch.float64))
 
 
-def model_coherence_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                          chunk_size: int = 1024, prime_bn: bool = False) -> dict[str, CoherenceStats]:
-    """`CoherenceStats` for "all" trainable parameters and for each parameter-owning module
-    (qualified name as in model.named_modules(); the root module, if it owns parameters, is "").
-    See `model_m_coherence` for the conventions."""
+def _stream(model, x, y, chunk_size, prime_bn, per_example):
+    """Stream (x, y) through the model in chunks, in eval mode. Returns (owners, params, sq, g_sum):
+    float64 sq[p] = Σ_i ‖∇_p ℓ_i‖² and g_sum[p] = Σ_i ∇_p ℓ_i per trainable parameter p; with
+    per_example=True instead the (m,) vector sq = Σ_p ‖∇_p ℓ_i‖² and g_sum = None."""
     m = len(x)
     if m == 0 or len(y) != m:
         raise ValueError(f"need matching non-empty x and y, got {len(x)} and {len(y)}")
     owners = _owners(model)
-    if "all" in owners:
-        raise ValueError('a module named "all" collides with the whole-model key')
     for bn in (mod for mod in model.modules() if isinstance(mod, _BatchNorm)):
         if bn.running_mean is None and any(p.requires_grad for p in bn.parameters()):
             raise ValueError("BatchNorm without running statistics normalizes with batch statistics "
@@ -356,21 +357,47 @@ def model_coherence_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                     and all(owner_count[p] == 1 for _, p in own)}
             fallback = [p for name, own in owners.items() if modules[name] not in fast for _, p in own]
             fallback = list(dict.fromkeys(fallback))  # a shared parameter once
-            g_sum = {p: torch.zeros_like(p, dtype=torch.float64) for p in params}
-            sq_sums = {p: torch.zeros((), dtype=torch.float64, device=p.device) for p in params}
+            if per_example:
+                sq, g_sum = torch.zeros(m, dtype=torch.float64, device=device), None
+            else:
+                sq = {p: torch.zeros((), dtype=torch.float64, device=p.device) for p in params}
+                g_sum = {p: torch.zeros_like(p, dtype=torch.float64) for p in params}
             try:
                 for s in _chunks(m, chunk_size):
+                    def add(p, v, s=s):
+                        if per_example:
+                            sq[s] += v.to(sq.device, torch.float64)
+                        else:
+                            sq[p] += v.sum(dtype=torch.float64)
+
                     xc = x[s].to(device, non_blocking=True)
                     yc = y[s].to(device, non_blocking=True)
-                    _chunk_stats(model, xc, yc, fast, fallback, params, qualified, sq_sums, g_sum)
-                break
+                    _chunk_stats(model, xc, yc, fast, fallback, params, qualified, add, g_sum)
+                return owners, params, sq, g_sum
             except _Reroute as err:
                 rerouted |= err.modules
+
+
+def per_example_sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                         chunk_size: int = 1024, prime_bn: bool = False) -> torch.Tensor:
+    """‖∇_θ ℓ(x_i, y_i)‖² over all trainable parameters, for each example: an (m,) float64 CPU
+    tensor (e.g. for GraNd). Same conventions and cost as `model_m_coherence`."""
+    return _stream(model, x, y, chunk_size, prime_bn, per_example=True)[2].cpu()
+
+
+def model_coherence_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                          chunk_size: int = 1024, prime_bn: bool = False) -> dict[str, CoherenceStats]:
+    """`CoherenceStats` for "all" trainable parameters and for each parameter-owning module
+    (qualified name as in model.named_modules(); the root module, if it owns parameters, is "").
+    See `model_m_coherence` for the conventions."""
+    if "all" in _owners(model):
+        raise ValueError('a module named "all" collides with the whole-model key')
+    owners, params, sq_sums, g_sum = _stream(model, x, y, chunk_size, prime_bn, per_example=False)
 
     def stats(ps) -> CoherenceStats:
         num = sum(g_sum[p].square().sum().item() for p in ps)
         den = sum(sq_sums[p].item() for p in ps)
-        return CoherenceStats(num, den, m)
+        return CoherenceStats(num, den, len(x))
 
     out = {"all": stats(params)}
     for name, own in owners.items():

@@ -2,7 +2,7 @@
 
 Every stage and the Snakefile call `load_params` first. A bad file is a `ParamsError` whose
 message is one line naming the key; stages turn it into exit code 2 before doing any work.
-The run grid (noise × optimizer × seed) is computed here once, so the Snakefile, the stages
+The run grid (noise × optimizer × seed, plus the E6 subset runs) is computed here once, so the Snakefile, the stages
 and the tests agree on run names; dvc.yaml spells the same names with its `${...}` syntax.
 """
 from __future__ import annotations
@@ -88,6 +88,23 @@ def _cross_checks(p: dict) -> None:
                           "training mode (resnet18) does not have; use an mlp")
     if p["model"]["name"] == "resnet18" and data["dataset"] == "synthetic":
         raise ParamsError("model.name: resnet18 needs an image dataset, not synthetic")
+    _difficulty_checks(p)
+
+
+def _difficulty_checks(p: dict) -> None:
+    d, n = p["difficulty"], p["data"]["n_train"]
+    if n and d["batch_size"] > n:
+        raise ParamsError(f"difficulty.batch_size: {d['batch_size']} exceeds data.n_train = {n}")
+    if n and d["pool_size"] > n // 2:
+        raise ParamsError(f"difficulty.pool_size: {d['pool_size']} examples from each of two pools "
+                          f"exceed data.n_train = {n}")
+    if n and d["pool_size"] and d["pool_size"] - d["pool_size"] // (d["split_ratio"] + 1) < p["train"]["batch_size"]:
+        raise ParamsError(f"difficulty.pool_size: {d['pool_size']} leaves e-train / h-train smaller "
+                          f"than train.batch_size = {p['train']['batch_size']}")
+    epochs = p["train"]["steps"] // max(1, n // p["train"]["batch_size"]) if n else None
+    if epochs is not None and d["el2n_epoch"] > epochs:
+        raise ParamsError(f"difficulty.el2n_epoch: {d['el2n_epoch']} is beyond the {epochs} epochs "
+                          f"that train.steps = {p['train']['steps']} covers")
 
 
 def validate(params: dict) -> dict:
@@ -131,14 +148,25 @@ def run_name(optimizer: str, clip, noise, seed) -> str:
     return f"{optimizer}_c{clip}_noise{noise}_seed{seed}"
 
 
-def run_grid(params: dict) -> list[dict]:
-    """One dict per training run: noise × optimizer × seed, in a stable order."""
+def subset_run_name(subset: str, seed) -> str:
+    """Run id of a cross-generalization run (E6): plain SGD on e-train or h-train."""
+    return f"sgd_c0_{subset}_seed{seed}"
+
+
+def run_grid(params: dict, subsets: bool = True) -> list[dict]:
+    """One dict per training run: noise × optimizer × seed, then (E6) subset × seed, in a
+    stable order."""
     runs = []
     for noise in params["corrupt"]["noise"]:
         for opt in params["train"]["optimizers"]:
             for seed in params["train"]["seeds"]:
-                runs.append(dict(run=run_name(opt["name"], opt["clip"], noise, seed),
-                                 noise=noise, optimizer=opt["name"], clip=opt["clip"], seed=seed))
+                runs.append(dict(run=run_name(opt["name"], opt["clip"], noise, seed), noise=noise,
+                                 optimizer=opt["name"], clip=opt["clip"], seed=seed, subset="full"))
+    if subsets:
+        for subset in params["difficulty"]["subsets"]:
+            for seed in params["train"]["seeds"]:
+                runs.append(dict(run=subset_run_name(subset, seed), noise=0.0, optimizer="sgd", clip=0,
+                                 seed=seed, subset=subset))
     return runs
 
 
@@ -151,7 +179,11 @@ STAGE_KEYS = {
     "train": ["model", "train.base", "train.lr", "train.momentum", "train.weight_decay",
               "train.lr_schedule", "train.lr_milestones", "train.lr_gamma", "train.batch_size",
               "train.steps", "train.eval_per_decade", "train.eval_train_sample", "train.coherence",
-              "train.shares"],
+              "train.shares", "difficulty.el2n_epoch"],
+    "easyhard": ["model", "difficulty.threshold", "difficulty.lr", "difficulty.batch_size",
+                 "difficulty.max_steps"],
+    "difficulty": ["difficulty.seeds", "difficulty.pools", "difficulty.pool_size",
+                   "difficulty.split_ratio", "difficulty.split_seed"],
     "aggregate": ["study"],
 }
 

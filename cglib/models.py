@@ -51,3 +51,13 @@ def pick_device(device: str = "auto") -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device is cuda but no CUDA device is available (use auto or cpu)")
     return torch.device(device)
+
+
+@torch.no_grad()
+def logits(model: nn.Module, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """Outputs on x in eval mode, chunked to bound memory; the train/eval flag is restored."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(x[i:i + chunk]) for i in range(0, len(x), chunk)])
+    model.train(was_training)
+    return out

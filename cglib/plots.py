@@ -17,7 +17,7 @@ def learning_curves(metrics: pd.DataFrame, path: str | Path) -> None:
     """E1/E3/E4 grid: one panel per optimizer variant (rows) × noise level (columns);
     train/test/pristine/corrupt accuracy over steps (mean over seeds), as CG Fig. 1 and W&S Fig. 3."""
     acc = metrics[(metrics["metric"] == "accuracy") & (metrics["layer"] == "all") & (metrics["null"] == -1)
-                  & metrics["split"].isin(list(SPLIT_STYLE))].copy()
+                  & metrics["split"].isin(list(SPLIT_STYLE)) & (metrics["subset"] == "full")].copy()
     acc["variant"] = acc["optimizer"] + acc["clip"].map(lambda c: "" if pd.isna(c) else f" c={c}")
     variants, noises = sorted(acc["variant"].unique()), sorted(acc["noise"].unique())
     fig, axes = plt.subplots(len(variants), len(noises), figsize=(3.2 * len(noises), 2.6 * len(variants)),
@@ -81,7 +81,8 @@ def _finish(fig, axes, ylabel: str, path, fontsize: int) -> None:
 def coherence_curves(metrics: pd.DataFrame, path) -> None:
     """E7 (MC Fig. 3 style): m-coherence over steps, one panel per layer ("all" first),
     one line per noise level; solid = train sample, dashed = test sample (SGD runs, seed mean)."""
-    coh = metrics[(metrics["metric"] == "m_coherence") & (metrics["experiment"] == "E7")]
+    coh = metrics[(metrics["metric"] == "m_coherence") & (metrics["experiment"] == "E7")
+                  & (metrics["subset"] == "full")]
     if coh.empty:
         return _empty(path, "m-coherence (train.coherence)")
     coh = _prefer_sgd(coh)
@@ -127,3 +128,72 @@ def share_curves(metrics: pd.DataFrame, path) -> None:
     axes[1][0].set_ylabel("cumulative per example")
     axes[1][0].legend(fontsize=7)
     _finish(fig, axes, "share of loss reduction", path, fontsize=7)
+
+
+# ---------------------------------------------------------------------------- E5 / E6 / E8
+
+def accuracy_by_difficulty(table: pd.DataFrame, histogram: pd.DataFrame, path) -> None:
+    """W&S Fig. 5a: left, how many examples have each difficulty (0 = easy in every easy/hard
+    run, K = hard in every one); then one panel per noise level, final training accuracy by
+    difficulty, one line per gradient variant (mean over seeds)."""
+    if table.empty:
+        return _empty(path, "accuracy by difficulty (E5)")
+    t = table.assign(variant=table["optimizer"] + table["clip"].map(lambda c: "" if pd.isna(c) else f" c={c}"))
+    noises = sorted(t["noise"].unique())
+    fig, axes = plt.subplots(1, len(noises) + 1, figsize=(3.2 * (len(noises) + 1), 3), squeeze=False)
+    ax = axes[0][0]
+    ax.bar(histogram["difficulty"], histogram["count"], color="C7")
+    ax.set_title("difficulty histogram")
+    ax.set_ylabel("examples")
+    for ax, noise in zip(axes[0][1:], noises):
+        cell = t[t["noise"] == noise]
+        for i, (var, g) in enumerate(cell.groupby("variant", sort=True)):
+            curve = g.groupby("difficulty")["accuracy"].mean()
+            ax.plot(curve.index, curve.values, marker="o", markersize=3, color=f"C{i}", label=var)
+        ax.set_title(f"noise {noise:g}: final train accuracy")
+        ax.set_ylim(0, 1.02)
+    for ax in axes[0]:
+        ax.set_xlabel("difficulty")
+        ax.grid(alpha=0.3)
+    axes[0][1].legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def easy_hard_curves(metrics: pd.DataFrame, path) -> None:
+    """W&S Fig. 4: SGD from scratch on e-train and on h-train; training loss and the loss and
+    accuracy on e-test, h-test and the test set over steps (mean over seeds)."""
+    e6 = metrics[(metrics["experiment"] == "E6") & (metrics["layer"] == "all")
+                 & metrics["metric"].isin(["loss", "accuracy"])]
+    if e6.empty:
+        return _empty(path, "easy / hard cross-generalization (E6)")
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), squeeze=False)
+    styles = {"train": "-", "e-test": "--", "h-test": ":", "test": "-."}
+    for ax, metric in zip(axes[0], ("loss", "accuracy")):
+        for i, (subset, g) in enumerate(e6[e6["metric"] == metric].groupby("subset", sort=True)):
+            for split, style in styles.items():
+                curve = g[g["split"] == split].groupby("step")["value"].mean()
+                if not curve.empty:
+                    ax.plot(curve.index, curve.values, color=f"C{i}", linestyle=style,
+                            label=f"trained on {subset}, {split}")
+        ax.set_xscale("symlog", linthresh=10)
+        ax.set_title(metric)
+    _finish(fig, axes, "", path, fontsize=6)
+
+
+def score_heatmaps(table: pd.DataFrame, path) -> None:
+    """E8: Spearman ρ of each difficulty score with difficulty (left) and AUROC of each score
+    for finding corrupt labels (right), one row per run."""
+    if table.empty:
+        return _empty(path, "difficulty scores (E8)")
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.28 * table["run"].nunique() + 2.2), squeeze=False)
+    for ax, (col, cmap, lim) in zip(axes[0], (("spearman_difficulty", "RdBu_r", (-1, 1)),
+                                              ("auroc_corrupt", "viridis", (0, 1)))):
+        wide = table.pivot_table(index="run", columns="score", values=col, sort=False, dropna=False)
+        im = ax.imshow(wide.to_numpy(dtype=float), cmap=cmap, vmin=lim[0], vmax=lim[1], aspect="auto")
+        ax.set_xticks(range(wide.shape[1]), wide.columns, rotation=45, ha="right", fontsize=7)
+        ax.set_yticks(range(wide.shape[0]), wide.index, fontsize=6)
+        ax.set_title(col.replace("_", " "))
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    _save(fig, path)

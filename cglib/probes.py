@@ -3,13 +3,17 @@
 A probe is asked at every step, before that step's update (so at the weights θ_t), and returns
 metric rows: `CoherenceProbe` at the evaluation steps (E7: m-coherence and α per layer on a fixed
 train sample and a fixed test sample, MC §5), `ShareProbe` at every step up to a limit (E2:
-pristine / corrupt shares of the loss reduction with K null worlds, CG §2.4). Probes with state
-(the cumulative i^p, i^c) hand it to the checkpoint, so a resumed run ends with the same numbers.
+pristine / corrupt shares of the loss reduction with K null worlds, CG §2.4), `ScoreProbe` at
+every epoch boundary (E8: per-example difficulty scores as running aggregates). Probes with state
+(the cumulative i^p, i^c, the score sums) hand it to the checkpoint, so a resumed run ends with
+the same numbers.
 """
 from __future__ import annotations
 
 from cglib.coherence import model_coherence_stats
 from cglib.data import fixed_sample
+from cglib.models import logits
+from cglib.scores import ExampleScores, grand
 from cglib.shares import LossShareTracker
 
 
@@ -71,13 +75,43 @@ class ShareProbe:
         self.tracker.load_state_dict(state)
 
 
-def make_probes(train_params: dict, optimizer: str, data: dict, labels, corrupt, log=print) -> dict:
-    """The probes a study asks for (`train.coherence`, `train.shares`) in a run of `optimizer`."""
+class ScoreProbe:
+    """E8 scores of every training example (cglib.scores): GraNd at step 0, then one record on
+    the whole training set at the end of each epoch (steps per_epoch, 2·per_epoch, …)."""
+
+    def __init__(self, x_train, labels, batch_size: int, el2n_epoch: int, chunk_size: int = 1024):
+        self.x, self.y, self.chunk = x_train, labels, chunk_size
+        self.per_epoch = len(labels) // batch_size  # the loop drops an epoch's unfilled tail
+        self.scores = ExampleScores(len(labels), el2n_epoch, device=x_train.device)
+
+    def rows(self, step: int, model, scheduled: bool) -> list[dict]:
+        if step == 0:
+            self.scores.set_grand(grand(model, self.x, self.y, chunk_size=self.chunk))
+        elif step % self.per_epoch == 0:
+            self.scores.update(step // self.per_epoch, logits(model, self.x), self.y)
+        return []
+
+    def frame(self):
+        return self.scores.frame()
+
+    def state_dict(self) -> dict:
+        return self.scores.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scores.load_state_dict(state)
+
+
+def make_probes(params: dict, optimizer: str, data: dict, labels, corrupt, log=print) -> dict:
+    """The probes a study asks for (`train.coherence`, `train.shares`; the E8 scores always) in
+    a run of `optimizer`. `corrupt` is None in clean-label runs (no shares to split)."""
+    train_params = params["train"]
     probes = {}
     coh = train_params["coherence"]
     if coh["train_sample"] or coh["test_sample"]:
         probes["coherence"] = CoherenceProbe(coh, data["x_train"], labels, data["x_test"], data["y_test"])
     shares = train_params["shares"]
-    if shares["steps"] and optimizer in shares["optimizers"]:
+    if shares["steps"] and optimizer in shares["optimizers"] and corrupt is not None:
         probes["shares"] = ShareProbe(train_params["shares"], data["x_train"], labels, corrupt, log)
+    probes["scores"] = ScoreProbe(data["x_train"], labels, train_params["batch_size"],
+                                  params["difficulty"]["el2n_epoch"], coh["chunk_size"])
     return probes

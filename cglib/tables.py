@@ -18,6 +18,22 @@ METRIC_COLUMNS = {  # name → pandas dtype, in the order of DESIGN.md §6
     "metric": "string", "layer": "string", "null": "int64", "value": "float64",
 }
 ROW_DEFAULTS = {"layer": "all", "null": -1, "subset": "full"}
+# results/examples.parquet: one row per run and training example (E8 scores, cglib.scores)
+EXAMPLE_COLUMNS = {
+    "run": "string", "example": "int64", "label_clean": "int64", "label": "int64", "corrupt": "bool",
+    "difficulty": "Int64", "forgetting_events": "float64", "first_learned_epoch": "float64",
+    "cumulative_accuracy": "float64", "confidence": "float64", "variability": "float64",
+    "aum": "float64", "el2n": "float64", "grand": "float64",
+}
+# What the aggregate stage writes under results/ (both engines declare exactly these)
+AGGREGATE_OUTPUTS = (
+    "metrics.parquet", "runs.parquet", "examples.parquet", "summary.json",
+    "plots/learning_curves.png", "plots/m_coherence.png", "plots/loss_shares.png",
+    "plots/accuracy_by_difficulty.png", "plots/easy_hard.png", "plots/difficulty_scores.png",
+    "plots/train_accuracy.csv", "plots/test_accuracy.csv", "plots/pristine_accuracy.csv",
+    "plots/corrupt_accuracy.csv", "plots/accuracy_by_difficulty.csv", "plots/cross_generalization.csv",
+    "plots/score_correlations.csv",
+)
 
 
 def model_label(model_params: dict) -> str:
@@ -38,6 +54,12 @@ def metrics_frame(rows: list[dict], constants: dict) -> pd.DataFrame:
     full = [{**ROW_DEFAULTS, **constants, **r} for r in rows]
     df = pd.DataFrame(full, columns=list(METRIC_COLUMNS))
     return df.astype(METRIC_COLUMNS)
+
+
+def examples_frame(per_example: pd.DataFrame, run: str) -> pd.DataFrame:
+    """One run's rows of results/examples.parquet, columns and dtypes of EXAMPLE_COLUMNS."""
+    df = per_example.assign(run=run).reindex(columns=list(EXAMPLE_COLUMNS))
+    return df.astype(EXAMPLE_COLUMNS)
 
 
 def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
@@ -148,4 +170,97 @@ def share_crossings(metrics: pd.DataFrame, hold: int = 5) -> dict:
         out.setdefault(run, {})["real" if null == -1 else f"null{null}"] = {
             "f_pristine_at_0": round(float(g["value"].iloc[0]), 4),
             "crossing_step": int(below["step"].iloc[0]) if len(below) else None}
+    return out
+
+
+# ---------------------------------------------------------------------------- E5 / E6 / E8 digests
+
+# W&S §4.4, ResNet-18 on ImageNet: accuracy of a model trained on one pool, tested on the other
+WS_CROSS_TABLE = {("e-train", "e-test"): 0.85, ("e-train", "h-test"): 0.17,
+                  ("h-train", "e-test"): 0.44, ("h-train", "h-test"): 0.21}
+
+
+def _last_step(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["step"] == df.groupby("run")["step"].transform("max")]
+
+
+def _per_run(df: pd.DataFrame, key: str, key_values: pd.Series | None = None) -> pd.DataFrame:
+    """metric → columns, one row per (run, key); the run's constant columns joined back (clip is
+    null for most runs, so it cannot be a groupby key)."""
+    df = df.assign(_key=key_values if key_values is not None else df[key])
+    wide = df.pivot_table(index=["run", "_key"], columns="metric", values="value", observed=True,
+                          aggfunc="first").reset_index().rename(columns={"_key": key})
+    wide.columns.name = None
+    meta = df.drop_duplicates("run")[["run", "subset", "optimizer", "clip", "noise", "seed"]]
+    return wide.merge(meta, on="run", how="left")
+
+
+def accuracy_by_difficulty(metrics: pd.DataFrame) -> pd.DataFrame:
+    """W&S Fig. 5a per run: final training accuracy and count per difficulty level (E5).
+    Columns: run, optimizer, clip, noise, seed, difficulty, accuracy, count."""
+    e5 = _last_step(metrics[(metrics["experiment"] == "E5") & (metrics["subset"] == "full")])
+    if e5.empty:
+        return pd.DataFrame(columns=["run", "optimizer", "clip", "noise", "seed", "difficulty", "accuracy", "count"])
+    wide = _per_run(e5, "difficulty", e5["split"].str.removeprefix("difficulty=").astype(int))
+    wide["count"] = wide["count"].astype(int)
+    cols = ["run", "optimizer", "clip", "noise", "seed", "difficulty", "accuracy", "count"]
+    return wide[cols].sort_values(["noise", "optimizer", "clip", "seed", "difficulty"]).reset_index(drop=True)
+
+
+def cross_generalization(metrics: pd.DataFrame) -> pd.DataFrame:
+    """W&S §4.4 2×2 table (E6): final accuracy and loss of the e-train / h-train runs on e-test,
+    h-test, the test set and their own training subset; mean and sd over seeds, with the paper's
+    ImageNet numbers. Columns: trained_on, evaluated_on, accuracy, accuracy_sd, loss, seeds, paper."""
+    e6 = _last_step(metrics[(metrics["experiment"] == "E6") & metrics["metric"].isin(["accuracy", "loss"])
+                            & (metrics["layer"] == "all")])
+    cols = ["trained_on", "evaluated_on", "accuracy", "accuracy_sd", "loss", "seeds", "paper"]
+    if e6.empty:
+        return pd.DataFrame(columns=cols)
+    rows = []
+    for (subset, split), g in e6.groupby(["subset", "split"], sort=True, observed=True):
+        acc, loss = g[g["metric"] == "accuracy"]["value"], g[g["metric"] == "loss"]["value"]
+        rows.append(dict(trained_on=subset, evaluated_on=split, accuracy=acc.mean(),
+                         accuracy_sd=acc.std(ddof=1) if len(acc) > 1 else float("nan"),
+                         loss=loss.mean(), seeds=len(acc), paper=WS_CROSS_TABLE.get((subset, split))))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def score_correlations(metrics: pd.DataFrame) -> pd.DataFrame:
+    """E8 per run: Spearman ρ of each score with difficulty and AUROC of each score (oriented
+    to hardness) for finding the corrupt labels. Columns: run, subset, optimizer, clip, noise,
+    seed, score, spearman_difficulty, auroc_corrupt."""
+    e8 = metrics[metrics["experiment"] == "E8"]
+    cols = ["run", "subset", "optimizer", "clip", "noise", "seed", "score", "spearman_difficulty", "auroc_corrupt"]
+    if e8.empty:
+        return pd.DataFrame(columns=cols)
+    kind = e8["metric"].str.extract(r"^(spearman_difficulty|auroc_corrupt)_(.+)$")
+    wide = _per_run(e8.assign(metric=kind[0]), "score", kind[1])
+    return wide.reindex(columns=cols).sort_values(["subset", "noise", "optimizer", "run", "score"]).reset_index(drop=True)
+
+
+def difficulty_plot_table(e5: pd.DataFrame, hist: pd.DataFrame) -> pd.DataFrame:
+    """For `dvc plots`: difficulty, count (examples of the training set at that level), then one
+    column of final training accuracy per run."""
+    wide = e5.pivot_table(index="difficulty", columns="run", values="accuracy", sort=True)
+    wide.columns.name = None
+    return hist.merge(wide.reset_index(), on="difficulty", how="left")
+
+
+def difficulty_summary(seeds: pd.DataFrame, hist: pd.DataFrame, e5: pd.DataFrame, e6: pd.DataFrame,
+                       e8: pd.DataFrame) -> dict:
+    """summary.json's E5, E6, E8 digests."""
+    r = lambda v: None if pd.isna(v) else round(float(v), 6)  # noqa: E731
+    out = {"easyhard": {str(s["seed"]): {"step": int(s["step"]), "epoch": r(s["epoch"]),
+                                         "accuracy": r(s["accuracy"]), "easy": int(s["easy"]),
+                                         "hard": int(s["hard"])} for s in seeds.to_dict("records")},
+           "difficulty_histogram": {str(int(d)): int(c) for d, c in zip(hist["difficulty"], hist["count"])}}
+    out["accuracy_by_difficulty"] = {
+        run: {str(int(d)): r(a) for d, a in zip(g["difficulty"], g["accuracy"])}
+        for run, g in e5.groupby("run", sort=True)}
+    out["cross_generalization"] = {f"{row['trained_on']} -> {row['evaluated_on']}": r(row["accuracy"])
+                                   for row in e6.to_dict("records")}
+    out["score_correlations"] = {
+        run: {row["score"]: {"spearman_difficulty": r(row["spearman_difficulty"]),
+                             "auroc_corrupt": r(row["auroc_corrupt"])} for row in g.to_dict("records")}
+        for run, g in e8.groupby("run", sort=True)}
     return out

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from cglib import tables
 from cglib.data import fixed_sample
-from cglib.models import build_model
+from cglib.models import build_model, logits
 from cglib.probes import make_probes
 from cglib.robust import make_gradient_transform
 
@@ -69,25 +69,21 @@ def make_optimizer(model: torch.nn.Module, t: dict) -> torch.optim.Optimizer:
 
 # ---------------------------------------------------------------------------- evaluation
 
-@torch.no_grad()
 def per_example(model, x, y, chunk: int = 8192):
     """(correct bool, loss float) per example, in eval mode, chunked to bound memory."""
-    was_training = model.training
-    model.eval()
-    correct, loss = [], []
-    for i in range(0, len(x), chunk):
-        out = model(x[i:i + chunk])
-        correct.append(out.argmax(1) == y[i:i + chunk])
-        loss.append(F.cross_entropy(out, y[i:i + chunk], reduction="none"))
-    model.train(was_training)
-    return torch.cat(correct), torch.cat(loss)
+    out = logits(model, x, chunk)
+    return out.argmax(1) == y, F.cross_entropy(out, y, reduction="none")
 
 
 def evaluate(model, run: dict) -> list[dict]:
-    """E1 rows: accuracy and loss on train (noisy labels), pristine, corrupt, test; overfit."""
+    """E1 rows: accuracy and loss on train (noisy labels), pristine, corrupt, test (and any extra
+    test sets, e.g. e-test / h-test for E6); overfit. E5 rows: training accuracy (and count) per
+    difficulty level, when the run knows its examples' difficulty."""
     rows = []
     c, l = per_example(model, run["x_eval"], run["y_eval"])
-    groups = {"train": slice(None), "pristine": ~run["corrupt_eval"], "corrupt": run["corrupt_eval"]}
+    groups = {"train": slice(None)}
+    if run["corrupt_eval"] is not None:  # E6 subset runs have clean labels only
+        groups.update(pristine=~run["corrupt_eval"], corrupt=run["corrupt_eval"])
     acc = {}
     for split, mask in groups.items():
         if isinstance(mask, torch.Tensor) and not bool(mask.any()):
@@ -95,15 +91,25 @@ def evaluate(model, run: dict) -> list[dict]:
         acc[split] = c[mask].float().mean().item()
         rows += [dict(split=split, metric="accuracy", value=acc[split]),
                  dict(split=split, metric="loss", value=l[mask].mean().item())]
-    ct, lt = per_example(model, run["x_test"], run["y_test"])
-    acc["test"] = ct.float().mean().item()
-    rows += [dict(split="test", metric="accuracy", value=acc["test"]),
-             dict(split="test", metric="loss", value=lt.mean().item())]
+    for split, (x, y) in run["tests"].items():
+        ct, lt = per_example(model, x, y)
+        acc[split] = ct.float().mean().item()
+        rows += [dict(split=split, metric="accuracy", value=acc[split]),
+                 dict(split=split, metric="loss", value=lt.mean().item())]
     eps, k = run["noise"], run["num_classes"]
     # CG §3.3: the test labels are clean, so a perfect learner of the noisy train set "should"
     # score ε/K + (1-ε)·test on train; anything above that is memorisation.
     overfit = acc["train"] - (eps / k + (1 - eps) * acc["test"])
     rows.append(dict(split="train", metric="overfit", value=overfit))
+    if run.get("difficulty_eval") is not None:  # W&S Fig. 5a: accuracy by difficulty
+        d = run["difficulty_eval"]
+        for level in range(run["difficulty_levels"] + 1):
+            mask = d == level
+            if bool(mask.any()):
+                rows += [dict(split=f"difficulty={level}", metric="accuracy", experiment="E5",
+                              value=c[mask].float().mean().item()),
+                         dict(split=f"difficulty={level}", metric="count", experiment="E5",
+                              value=float(mask.sum().item()))]
     return rows
 
 
@@ -125,27 +131,37 @@ def _load_checkpoint(path: Path | None, fingerprint: str, log: Callable) -> dict
 
 # ---------------------------------------------------------------------------- the loop
 
-def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Tensor, spec: dict,
-              checkpoint: Path | None = None, log: Callable = print, progress: bool = True) -> dict:
-    """Train one run. `data` from cglib.data.load_prepared (on the device), `labels` the noisy
-    training labels and `corrupt` their mask, `spec` one entry of cglib.config.run_grid.
-    Returns {"rows": [...], "status": "ok" | "diverged", "steps_done", "wall_s"}."""
+def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Tensor | None, spec: dict,
+              checkpoint: Path | None = None, log: Callable = print, progress: bool = True,
+              difficulty: torch.Tensor | None = None, tests: dict | None = None) -> dict:
+    """Train one run. `data` from cglib.data.load_prepared (on the device; for an E6 run, its
+    x_train already cut to the subset), `labels` the training labels and `corrupt` their mask
+    (None for clean-label subset runs), `spec` one entry of cglib.config.run_grid, `difficulty`
+    each training example's difficulty (E5; None = not known), `tests` extra evaluation sets
+    {split: (x, y)} beside the test set (E6: e-test, h-test).
+    Returns {"rows": [...], "scores": per-example E8 scores (DataFrame), "status": "ok" |
+    "diverged", "steps_done", "wall_s"}."""
     t, device = params["train"], data["x_train"].device
     n, batch = len(labels), t["batch_size"]
-    labels, corrupt = labels.to(device), corrupt.to(device)
+    labels = labels.to(device)
+    corrupt = corrupt.to(device) if corrupt is not None else None
     torch.manual_seed(spec["seed"])
     model = build_model(params["model"], data["input_shape"], data["num_classes"]).to(device)
     optimizer = make_optimizer(model, t)
     transform = make_gradient_transform(spec["optimizer"], spec["clip"])
-    probes = make_probes(t, spec["optimizer"], data, labels, corrupt, log)
+    probes = make_probes(params, spec["optimizer"], data, labels, corrupt, log)
 
     eval_idx = fixed_sample(n, t["eval_train_sample"] or n, seed=0, device=device)
-    run = dict(x_eval=data["x_train"][eval_idx], y_eval=labels[eval_idx], corrupt_eval=corrupt[eval_idx],
-               x_test=data["x_test"], y_test=data["y_test"], noise=float(spec["noise"]),
-               num_classes=data["num_classes"])
+    run = dict(x_eval=data["x_train"][eval_idx], y_eval=labels[eval_idx],
+               corrupt_eval=corrupt[eval_idx] if corrupt is not None else None,
+               tests={"test": (data["x_test"], data["y_test"]), **(tests or {})},
+               noise=float(spec["noise"]), num_classes=data["num_classes"],
+               difficulty_eval=difficulty.to(device)[eval_idx] if difficulty is not None else None,
+               difficulty_levels=len(params["difficulty"]["seeds"]))
 
     fingerprint = json.dumps({"train": t, "model": params["model"], "data": params["data"],
-                              "spec": spec}, sort_keys=True, default=str)
+                              "el2n_epoch": params["difficulty"]["el2n_epoch"], "spec": spec},
+                             sort_keys=True, default=str)
     rows, start, status, resumed_at = [], 0, "ok", None
     ckpt = _load_checkpoint(checkpoint, fingerprint, log)
     if ckpt is not None:
@@ -159,7 +175,7 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
         log(f"resumed from {checkpoint} at step {start}")
 
     schedule = set(eval_steps(t["steps"], t["eval_per_decade"]))
-    experiment = EXPERIMENT_OF[spec["optimizer"]]
+    experiment = EXPERIMENT_OF[spec["optimizer"]] if spec.get("subset", "full") == "full" else "E6"
     cache: dict = {}
     t0 = time.perf_counter()
     model.train()
@@ -168,7 +184,7 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
     for step in bar:
         if step != resumed_at:  # measure at θ_step, before this step's update
             scheduled = step in schedule
-            new = [dict(r, experiment=experiment) for r in evaluate(model, run)] if scheduled else []
+            new = [{"experiment": experiment, **r} for r in evaluate(model, run)] if scheduled else []
             for probe in probes.values():
                 new += probe.rows(step, model, scheduled)
             rows += [dict(r, step=step, epoch=step * batch / n) for r in new]
@@ -193,7 +209,8 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
     bar.close()
     if checkpoint is not None and checkpoint.exists():
         checkpoint.unlink()  # finished: the outputs now hold everything the checkpoint had
-    return dict(rows=rows, status=status, steps_done=step, wall_s=time.perf_counter() - t0)
+    scores = probes["scores"].frame() if "scores" in probes else None
+    return dict(rows=rows, scores=scores, status=status, steps_done=step, wall_s=time.perf_counter() - t0)
 
 
 def _log_eval(log: Callable, step: int, rows: list[dict]) -> None:

@@ -7,6 +7,7 @@ import yaml
 from snakemake.utils import validate
 
 from cglib import config as cgconfig
+from cglib import tables as cgtables
 
 # `--configfile studies/x.yaml` replaces params.yaml as a whole (Snakemake would deep-merge the
 # two; the stages read one file, so the Snakefile must see exactly that file too).
@@ -26,6 +27,9 @@ validate(config, "../schemas/params.schema.yaml")  # Snakemake's own check; fill
 GRID = cgconfig.run_grid(P)
 PREPARED = f"data/prepared/{P['data']['dataset']}.pt"
 RUN_DIR = "results/runs/{optimizer}_c{clip}_noise{noise}_seed{seed}"
+SUBSET_RUN_DIR = "results/runs/sgd_c0_{subset}_seed{seed}"
+DIFFICULTY = "results/difficulty.parquet"
+SPLITS = "results/difficulty_splits.parquet"
 
 
 wildcard_constraints:
@@ -33,6 +37,8 @@ wildcard_constraints:
     clip=r"\d+",
     noise=r"[0-9.eE+-]+",
     seed=r"\d+",
+    dseed=r"\d+",
+    subset="[eh]-train",
 
 
 def stage_values(stage):
@@ -41,14 +47,16 @@ def stage_values(stage):
 
 
 def run_outputs():
-    return [f"results/runs/{r['run']}/{name}" for r in GRID for name in ("metrics.parquet", "run.json")]
+    return [f"results/runs/{r['run']}/{name}" for r in GRID
+            for name in ("metrics.parquet", "examples.parquet", "run.json")]
+
+
+def easyhard_outputs():
+    return [f"results/easyhard/seed={s}.parquet" for s in P["difficulty"]["seeds"]]
 
 
 def aggregate_outputs():
-    plots = [f"results/plots/{s}_accuracy.csv" for s in ("train", "test", "pristine", "corrupt")]
-    return ["results/metrics.parquet", "results/runs.parquet", "results/summary.json",
-            "results/plots/learning_curves.png", "results/plots/m_coherence.png",
-            "results/plots/loss_shares.png", *plots]
+    return [f"results/{name}" for name in cgtables.AGGREGATE_OUTPUTS]
 
 
 def train_threads():

@@ -2,8 +2,10 @@ rule train:
     input:
         data=PREPARED,
         labels="data/corrupt/noise={noise}.parquet",
+        difficulty=DIFFICULTY,
     output:
         metrics=RUN_DIR + "/metrics.parquet",
+        examples=RUN_DIR + "/examples.parquet",
         run=RUN_DIR + "/run.json",
     log:
         "results/logs/train/{optimizer}_c{clip}_noise{noise}_seed{seed}.log",
@@ -13,5 +15,26 @@ rule train:
     threads: train_threads()
     shell:
         "python stages/train.py --params {PARAMS_FILE} --data {input.data} --labels {input.labels}"
-        " --noise {wildcards.noise} --optimizer {wildcards.optimizer} --clip {wildcards.clip}"
+        " --difficulty {input.difficulty} --noise {wildcards.noise} --optimizer {wildcards.optimizer}"
+        " --clip {wildcards.clip} --seed {wildcards.seed} --out {params.out} --log {log}"
+
+
+rule train_subset:  # E6: plain SGD on e-train or h-train, clean labels
+    input:
+        data=PREPARED,
+        difficulty=DIFFICULTY,
+        splits=SPLITS,
+    output:
+        metrics=SUBSET_RUN_DIR + "/metrics.parquet",
+        examples=SUBSET_RUN_DIR + "/examples.parquet",
+        run=SUBSET_RUN_DIR + "/run.json",
+    log:
+        "results/logs/train/sgd_c0_{subset}_seed{seed}.log",
+    params:
+        values=stage_values("train"),
+        out=SUBSET_RUN_DIR,
+    threads: train_threads()
+    shell:
+        "python stages/train.py --params {PARAMS_FILE} --data {input.data} --difficulty {input.difficulty}"
+        " --splits {input.splits} --subset {wildcards.subset} --optimizer sgd --clip 0"
         " --seed {wildcards.seed} --out {params.out} --log {log}"

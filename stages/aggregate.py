@@ -1,42 +1,71 @@
-"""Stage aggregate: every run of the study → results/{metrics,runs}.parquet, summary.json, plots/."""
+"""Stage aggregate: every run of the study → results/{metrics,runs,examples}.parquet,
+summary.json and plots/ (learning curves, E2, E5, E6, E7, E8)."""
 import json
 from pathlib import Path
 
 import pandas as pd
 
 from cglib import cli, config, plots, tables
+from cglib.difficulty import histogram
 
 
 def main(argv=None):
     p = cli.parser(__doc__)
     p.add_argument("--runs", default="results/runs", help="folder holding one folder per run")
     p.add_argument("--out", default="results", help="folder for the aggregated tables")
+    p.add_argument("--difficulty", default="results/difficulty.parquet", help="difficulty stage's table")
+    p.add_argument("--difficulty-seeds", default="results/difficulty_seeds.csv",
+                   help="where each easy/hard run made its split (difficulty stage)")
     args, params, log = cli.start(p, argv)
     grid = config.run_grid(params)
-    frames, runs = [], []
+    frames, runs, examples = [], [], []
     for spec in grid:  # the grid, not a glob: stale runs of other studies stay out
         folder = Path(args.runs) / spec["run"]
-        if not (folder / "metrics.parquet").is_file():
-            cli.fail(f"{folder}/metrics.parquet: missing; run the train stage for {spec['run']}")
+        for name in ("metrics.parquet", "examples.parquet", "run.json"):
+            if not (folder / name).is_file():
+                cli.fail(f"{folder}/{name}: missing; run the train stage for {spec['run']}")
         df = pd.read_parquet(folder / "metrics.parquet")
         meta = json.loads((folder / "run.json").read_text())
         frames.append(df)
+        examples.append(pd.read_parquet(folder / "examples.parquet"))
         runs.append(tables.run_row(params, spec, meta["status"], meta["steps_done"], tables.final_values(df)))
     metrics = pd.concat(frames, ignore_index=True).astype(tables.METRIC_COLUMNS)
     runs_df = pd.DataFrame(runs)
+    examples_df = pd.concat(examples, ignore_index=True).astype(tables.EXAMPLE_COLUMNS)
+    diff = pd.read_parquet(args.difficulty)
+    hist = histogram(diff, len(params["difficulty"]["seeds"]))
+    seeds = pd.read_csv(args.difficulty_seeds)
+    e5 = tables.accuracy_by_difficulty(metrics)
+    e6 = tables.cross_generalization(metrics)
+    e8 = tables.score_correlations(metrics)
+
     out = Path(args.out)
     tables.write_parquet(metrics, out / "metrics.parquet")
     tables.write_parquet(runs_df, out / "runs.parquet")
-    tables.write_json(tables.summary(params, runs_df, metrics), out / "summary.json")
+    tables.write_parquet(examples_df, out / "examples.parquet")
+    summary = tables.summary(params, runs_df, metrics)
+    summary.update(tables.difficulty_summary(seeds, hist, e5, e6, e8))
+    tables.write_json(summary, out / "summary.json")
     for name, wide in tables.plot_tables(metrics).items():
         tables.write_text(wide.to_csv(index=False, float_format="%.6g"), out / "plots" / f"{name}.csv")
+    e5_wide = tables.difficulty_plot_table(e5, hist)
+    for name, df in (("accuracy_by_difficulty", e5_wide), ("cross_generalization", e6),
+                     ("score_correlations", e8)):
+        tables.write_text(df.to_csv(index=False, float_format="%.6g"), out / "plots" / f"{name}.csv")
     plots.learning_curves(metrics, out / "plots" / "learning_curves.png")
     plots.coherence_curves(metrics, out / "plots" / "m_coherence.png")
     plots.share_curves(metrics, out / "plots" / "loss_shares.png")
+    plots.accuracy_by_difficulty(e5, hist, out / "plots" / "accuracy_by_difficulty.png")
+    plots.easy_hard_curves(metrics, out / "plots" / "easy_hard.png")
+    plots.score_heatmaps(e8, out / "plots" / "difficulty_scores.png")
 
     log(f"{len(grid)} runs, {len(metrics)} metric rows → {out}/metrics.parquet")
+    fmt = lambda v: f"{v:.3f}"  # noqa: E731
     cols = ["run", "status", "train_accuracy", "pristine_accuracy", "corrupt_accuracy", "test_accuracy"]
-    log(runs_df.reindex(columns=cols).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    log(runs_df.reindex(columns=cols).to_string(index=False, float_format=fmt))
+    log("\neasy/hard split per seed:\n" + seeds.to_string(index=False, float_format=fmt))
+    log("\naccuracy by difficulty (E5, final step):\n" + e5_wide.to_string(index=False, float_format=fmt))
+    log("\ncross-generalization (E6, W&S §4.4):\n" + e6.to_string(index=False, float_format=fmt))
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""Stage train: one run (noise × optimizer × seed) → results/runs/<run>/{metrics.parquet, run.json}."""
+"""Stage train: one run (noise × optimizer × seed, or an E6 subset run) →
+results/runs/<run>/{metrics.parquet, examples.parquet, run.json}."""
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from cglib import cli, config, tables
+from cglib import cli, config, scores, tables
 from cglib.data import DataError, load_prepared
 from cglib.models import pick_device
 from cglib.train import train_run
@@ -13,11 +14,16 @@ from cglib.train import train_run
 def main(argv=None):
     p = cli.parser(__doc__)
     p.add_argument("--data", required=True, help="prepared tensor file")
-    p.add_argument("--labels", required=True, help="label table of this noise level (corrupt stage)")
-    p.add_argument("--noise", required=True, help="noise level, as spelled in the params file")
+    p.add_argument("--labels", default=None, help="label table of this noise level (corrupt stage); "
+                   "not with --subset, whose runs use the clean labels")
+    p.add_argument("--noise", default="0", help="noise level, as spelled in the params file")
     p.add_argument("--optimizer", required=True, choices=sorted(config.OPTIMIZER_NAMES))
     p.add_argument("--clip", type=int, default=0, help="winsorization level c")
     p.add_argument("--seed", type=int, required=True)
+    p.add_argument("--difficulty", default=None, help="results/difficulty.parquet: E5 accuracy by difficulty")
+    p.add_argument("--subset", default="full", choices=["full", "e-train", "h-train"],
+                   help="E6: train on this part of the easy/hard split (needs --splits)")
+    p.add_argument("--splits", default=None, help="cross-generalization splits (difficulty stage)")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default results/checkpoints/<run>.pt)")
     args, params, log = cli.start(p, argv)
@@ -27,8 +33,12 @@ def main(argv=None):
         config.validate({**params, "train": {**t, "optimizers": [opt]}})
     except config.ParamsError as err:
         cli.fail(f"--optimizer/--clip: {err}", code=2)
-    spec = dict(run=config.run_name(args.optimizer, args.clip, args.noise, args.seed),
-                noise=float(args.noise), optimizer=args.optimizer, clip=args.clip, seed=args.seed)
+    if (args.subset == "full") != (args.labels is not None) or (args.subset != "full") != (args.splits is not None):
+        cli.fail("give --labels for a full run, or --subset with --splits for an E6 run", code=2)
+    name = (config.run_name(args.optimizer, args.clip, args.noise, args.seed) if args.subset == "full"
+            else config.subset_run_name(args.subset, args.seed))
+    spec = dict(run=name, noise=float(args.noise), optimizer=args.optimizer, clip=args.clip, seed=args.seed,
+                subset=args.subset)
     if t["threads"]:
         torch.set_num_threads(t["threads"])
     device = pick_device(t["device"])
@@ -36,20 +46,49 @@ def main(argv=None):
         data = load_prepared(args.data, device)
     except DataError as err:
         cli.fail(str(err))
-    lab = pd.read_parquet(args.labels)
-    labels = torch.tensor(lab["label"].to_numpy())  # a copy: Arrow buffers are read-only
-    corrupt = torch.tensor(lab["corrupt"].to_numpy())
-    if len(labels) != len(data["y_train"]):
-        cli.fail(f"{args.labels}: {len(labels)} labels for {len(data['y_train'])} training examples")
+    n = len(data["y_train"])
+    examples = pd.DataFrame({"example": range(n), "label_clean": data["y_train"].cpu().numpy()})
+    if args.labels:
+        lab = pd.read_parquet(args.labels)
+        if len(lab) != n:
+            cli.fail(f"{args.labels}: {len(lab)} labels for {n} training examples")
+        examples["label"], examples["corrupt"] = lab["label"].to_numpy(), lab["corrupt"].to_numpy()
+    else:
+        examples["label"], examples["corrupt"] = examples["label_clean"], False
+    if args.difficulty:
+        diff = pd.read_parquet(args.difficulty)
+        if len(diff) != n or not (diff["example"].to_numpy() == examples["example"].to_numpy()).all():
+            cli.fail(f"{args.difficulty}: does not list the {n} training examples of {args.data}")
+        examples["difficulty"] = diff["difficulty"].to_numpy()
+    tests = {}
+    if args.subset != "full":
+        splits = pd.read_parquet(args.splits)
+        part = lambda s: torch.tensor(splits.loc[splits["subset"] == s, "example"].to_numpy())  # noqa: E731
+        for s in ("e-test", "h-test"):
+            tests[s] = (data["x_train"][part(s).to(device)], data["y_train"][part(s).to(device)])
+        idx = part(args.subset)
+        if len(idx) == 0:
+            cli.fail(f"{args.splits}: no example in subset {args.subset}")
+        examples = examples.iloc[idx.numpy()].reset_index(drop=True)
+        data = dict(data, x_train=data["x_train"][idx.to(device)], y_train=data["y_train"][idx.to(device)])
 
+    labels = torch.tensor(examples["label"].to_numpy())  # a copy: Arrow buffers are read-only
+    corrupt = torch.tensor(examples["corrupt"].to_numpy()) if args.subset == "full" else None
+    difficulty = torch.tensor(examples["difficulty"].to_numpy()) if args.difficulty else None
     ckpt = Path(args.checkpoint or f"results/checkpoints/{spec['run']}.pt")
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    log(f"run {spec['run']} on {device}: {t['steps']} steps, batch {t['batch_size']}, lr {t['lr']}")
-    result = train_run(params, data, labels, corrupt, spec, checkpoint=ckpt, log=log)
+    log(f"run {spec['run']} on {device}: {len(labels)} examples, {t['steps']} steps, "
+        f"batch {t['batch_size']}, lr {t['lr']}")
+    result = train_run(params, data, labels, corrupt, spec, checkpoint=ckpt, log=log,
+                       difficulty=difficulty, tests=tests)
 
     out = Path(args.out)
-    df = tables.metrics_frame(result["rows"], tables.run_constants(params, spec))
+    per_example = pd.concat([examples, result["scores"]], axis=1)
+    rows = result["rows"] + scores.score_rows(per_example, result["steps_done"],
+                                              result["steps_done"] * t["batch_size"] / len(labels))
+    df = tables.metrics_frame(rows, tables.run_constants(params, spec))
     tables.write_parquet(df, out / "metrics.parquet")
+    tables.write_parquet(tables.examples_frame(per_example, spec["run"]), out / "examples.parquet")
     final = tables.final_values(df)
     # run.json holds no wall time or date: outputs stay a pure function of the params, so DVC
     # and Snakemake agree that a run made by the other engine is up to date (timing is in the log)

@@ -100,11 +100,19 @@ def test_run_grid_names_and_stage_params():
     p = config.validate({"corrupt": {"noise": [0, 0.5]},
                          "train": {"optimizers": [{"name": "sgd", "clip": 0}, {"name": "winsorized", "clip": 2}],
                                    "seeds": [0, 1]}})
-    names = [r["run"] for r in config.run_grid(p)]
-    assert len(names) == len(set(names)) == 8
+    grid = config.run_grid(p)
+    names = [r["run"] for r in grid]
+    assert len(names) == len(set(names)) == 8 + 4  # noise × optimizer × seed, then subset × seed (E6)
     assert "winsorized_c2_noise0.5_seed1" in names and "sgd_c0_noise0_seed0" in names
+    assert [r["run"] for r in grid if r["subset"] != "full"] == [
+        "sgd_c0_e-train_seed0", "sgd_c0_e-train_seed1", "sgd_c0_h-train_seed0", "sgd_c0_h-train_seed1"]
+    assert [r["run"] for r in config.run_grid(p, subsets=False)] == names[:8]
     q = copy.deepcopy(p)
     q["train"]["seeds"] = [0, 1, 2]  # growing the grid changes no stage's params
     assert all(config.stage_params(p, s) == config.stage_params(q, s) for s in config.STAGE_KEYS)
     q["train"]["lr"] = 0.05
     assert config.stage_params(p, "train") != config.stage_params(q, "train")
+    q["difficulty"]["el2n_epoch"] = 3  # recorded in every training run
+    q["difficulty"]["lr"] = 0.5
+    assert config.stage_params(q, "train")["difficulty.el2n_epoch"] == 3
+    assert config.stage_params(q, "easyhard")["difficulty.lr"] == 0.5

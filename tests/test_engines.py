@@ -84,5 +84,9 @@ def test_every_study_validates_and_dry_runs(workdir, study):
     assert out.returncode == 0, out.stderr[-2000:]
     from cglib.config import load_params, run_grid
 
-    n_runs = len(run_grid(load_params(ROOT / "studies" / study)))
-    assert any(line.split()[:2] == ["train", str(n_runs)] for line in (out.stdout + out.stderr).splitlines())
+    p = load_params(ROOT / "studies" / study)
+    counts = {line.split()[0]: line.split()[1] for line in (out.stdout + out.stderr).splitlines()
+              if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert counts["train"] == str(len(run_grid(p, subsets=False)))
+    assert counts["train_subset"] == str(len(p["difficulty"]["subsets"]) * len(p["train"]["seeds"]))
+    assert counts["easyhard"] == str(len(p["difficulty"]["seeds"])) and counts["difficulty"] == "1"

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from cglib.tables import METRIC_COLUMNS
+from cglib.scores import SCORES
+from cglib.tables import AGGREGATE_OUTPUTS, EXAMPLE_COLUMNS, METRIC_COLUMNS
 from conftest import PY
 
 BIN = Path(PY).parent
@@ -28,12 +29,36 @@ def check_results(res: Path):
     m = pd.read_parquet(res / "metrics.parquet")
     assert list(m.columns) == list(METRIC_COLUMNS)
     runs = pd.read_parquet(res / "runs.parquet")
-    assert len(runs) == 2 and set(runs["status"]) == {"ok"}
+    assert len(runs) == 4 and set(runs["status"]) == {"ok"}
+    assert set(runs["subset"]) == {"full", "e-train", "h-train"}
+    assert all((res / name).is_file() for name in AGGREGATE_OUTPUTS)
     acc = m[m["metric"] == "accuracy"]
     assert acc["value"].between(0, 1).all()
     assert (m["step"] == 0).any() and m["step"].max() == 200
-    assert set(m["split"]) == {"train", "test", "pristine", "corrupt"}
-    assert set(m.loc[m["noise"] == 0, "split"]) == {"train", "test", "pristine"}  # no corrupt at ε = 0
+    levels = {f"difficulty={k}" for k in range(3)}  # K = 2 easy/hard seeds in the smoke study
+    full = m[m["subset"] == "full"]
+    assert set(full["split"]) - levels == {"train", "test", "pristine", "corrupt"}
+    assert set(full.loc[full["noise"] == 0, "split"]) - levels == {"train", "test", "pristine"}  # no corrupt at ε = 0
+    assert set(m.loc[m["experiment"] == "E5", "split"]) <= levels
+    assert set(m.loc[m["experiment"] == "E6", "split"]) == {"train", "test", "e-test", "h-test"}
+    # E8: one row per full run and training example, every score; per-run correlations
+    ex = pd.read_parquet(res / "examples.parquet")
+    assert list(ex.columns) == list(EXAMPLE_COLUMNS)
+    sizes = ex.groupby("run").size()
+    assert (sizes[runs.loc[runs["subset"] == "full", "run"]] == 300).all()
+    assert ex.groupby("run")["example"].apply(lambda e: e.is_unique).all()
+    assert set(SCORES) <= set(ex.columns) and not ex[list(SCORES)].isna().any().any()
+    corr = pd.read_csv(res / "plots" / "score_correlations.csv")
+    assert set(corr["score"]) == set(SCORES) and corr["spearman_difficulty"].between(-1, 1).all()
+    assert corr.loc[corr["noise"] == 0.5, "auroc_corrupt"].notna().all()
+    assert corr.loc[corr["noise"] == 0, "auroc_corrupt"].isna().all()
+    diff = pd.read_parquet(res / "difficulty.parquet")
+    assert list(diff.columns) == ["example", "difficulty", "hard_seed0", "hard_seed1"] and len(diff) == 300
+    e5 = pd.read_csv(res / "plots" / "accuracy_by_difficulty.csv")
+    assert e5["difficulty"].tolist() == [0, 1, 2] and e5["count"].sum() == 300
+    e6 = pd.read_csv(res / "plots" / "cross_generalization.csv")
+    assert set(zip(e6["trained_on"], e6["evaluated_on"])) >= {
+        (a, b) for a in ("e-train", "h-train") for b in ("e-test", "h-test", "test")}
     labels = pd.read_parquet(res.parent / "data" / "corrupt" / "noise=0.5.parquet")
     assert len(labels) == 300 and labels["corrupt"].sum() + (~labels["corrupt"]).sum() == 300
     # train accuracy = pristine and corrupt accuracies weighted by their counts

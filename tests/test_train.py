@@ -106,7 +106,7 @@ def test_run_learns_pristine_before_corrupt(tmp_path):
     acc = m[m["metric"] == "accuracy"].pivot_table(index="step", columns="split", values="value")
     assert acc.loc[50, "pristine"] - acc.loc[50, "corrupt"] > 0.3
     assert acc.loc[1500, "corrupt"] > acc.loc[50, "corrupt"] + 0.2
-    assert set(m["experiment"]) == {"E1"} and config.run_name("sgd", 0, "0.5", 0) == m["run"].iloc[0]
+    assert set(m["experiment"]) == {"E1", "E8"} and config.run_name("sgd", 0, "0.5", 0) == m["run"].iloc[0]
 
 
 def test_probes_rows_and_noise_zero(tmp_path):

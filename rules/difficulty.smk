@@ -1,0 +1,13 @@
+rule difficulty:
+    input:
+        easyhard_outputs(),
+    output:
+        DIFFICULTY,
+        SPLITS,
+        "results/difficulty_seeds.csv",
+    log:
+        "results/logs/difficulty.log",
+    params:
+        values=stage_values("difficulty"),
+    shell:
+        "python stages/difficulty.py --params {PARAMS_FILE} --easyhard results/easyhard --out results --log {log}"

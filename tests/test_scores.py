@@ -1,0 +1,322 @@
+"""cglib.scores (E8): the running aggregates against a slow twin that keeps the whole per-epoch
+record of a real (tiny) training run, hand-made records with known counts, checkpoint round trips,
+GraNd against torch.func per-example gradients, and the rank statistics on known tables."""
+from __future__ import annotations
+
+import copy
+import io
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from cglib.coherence import model_coherence_stats, per_example_sq_norms, prime_batchnorm
+from cglib.data import make_synthetic
+from cglib.models import mlp
+from cglib.scores import (HARDNESS_SIGN, SCORES, ExampleScores, auroc_corrupt, grand,
+                          spearman_with)
+
+EPOCHS, EL2N_EPOCH = 8, 3  # EL2N neither at the first nor the last record: off-by-ones show
+
+
+# =============================================================== a real run and its slow twin
+
+def _train_record(seed=0, n=120, classes=4):
+    """Minibatch SGD with a high lr on overlapping Gaussian clusters, so examples flip; returns
+    the full eval-mode logits record (EPOCHS, n, K) and the labels."""
+    d = make_synthetic(seed=seed, dim=6, classes=classes, separation=1.5, n_train_total=n, n_test_total=1)
+    x, y = torch.from_numpy(d["x_train"]), torch.from_numpy(d["y_train"])
+    torch.manual_seed(seed)
+    model = mlp((6,), [16], classes)
+    opt = torch.optim.SGD(model.parameters(), lr=1.5)
+    gen = torch.Generator().manual_seed(seed)
+    record = []
+    for _ in range(EPOCHS):
+        model.train()
+        for idx in torch.randperm(n, generator=gen).split(20):
+            opt.zero_grad()
+            F.cross_entropy(model(x[idx]), y[idx]).backward()
+            opt.step()
+        model.eval()
+        with torch.no_grad():
+            record.append(model(x))
+    return torch.stack(record), y
+
+
+def _slow_twin(record: torch.Tensor, y: torch.Tensor, el2n_epoch: int) -> pd.DataFrame:
+    """Every score straight from its definition, one example at a time, in numpy float64."""
+    z, y = record.double().numpy(), y.numpy()
+    n_epochs, n, k = z.shape
+    rows = []
+    for i in range(n):
+        zi = z[:, i]  # (E, K)
+        correct = [int(np.argmax(zi[t])) == y[i] for t in range(n_epochs)]
+        probs = np.exp(zi - zi.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        p = probs[:, y[i]]
+        others = np.delete(zi, y[i], axis=1)
+        forgets = sum(1 for t in range(1, n_epochs) if correct[t - 1] and not correct[t])
+        onehot = np.eye(k)[y[i]]
+        rows.append({
+            "forgetting_events": forgets if any(correct) else math.inf,
+            "first_learned_epoch": next((t + 1 for t in range(n_epochs) if correct[t]), math.inf),
+            "cumulative_accuracy": np.mean(correct),
+            "confidence": np.mean(p),
+            "variability": np.std(p),
+            "aum": np.mean(zi[:, y[i]] - others.max(1)),
+            "el2n": np.linalg.norm(probs[el2n_epoch - 1] - onehot) if el2n_epoch <= n_epochs else math.nan,
+            "grand": math.nan,
+        })
+    return pd.DataFrame(rows, columns=list(SCORES)).astype(np.float64)
+
+
+@pytest.fixture(scope="module")
+def run():
+    return _train_record()
+
+
+def _fed(record, y, el2n_epoch=EL2N_EPOCH, upto=None):
+    s = ExampleScores(len(y), el2n_epoch)
+    for t in range(upto or len(record)):
+        s.update(t + 1, record[t], y)
+    return s
+
+
+def test_the_run_is_a_test_with_teeth(run):
+    """The comparisons below only catch slips if the record has flips of every kind."""
+    record, y = run
+    correct = (record.argmax(2) == y).numpy()  # (E, n)
+    forgets = (correct[:-1] & ~correct[1:]).sum(0)
+    learns = (~correct[:-1] & correct[1:]).sum(0)
+    assert forgets.sum() > 10 and (forgets != learns).sum() > 10  # direction of the transition
+    assert (~correct.any(0)).sum() >= 2  # never learned → inf
+    assert ((correct.argmax(0) > 0) & correct.any(0)).sum() > 10  # learned after epoch 1
+    assert (correct[EL2N_EPOCH - 1] != correct[EL2N_EPOCH]).any()  # el2n epoch matters
+
+
+def test_scores_equal_the_slow_twin(run):
+    record, y = run
+    got = _fed(record, y).frame()
+    want = _slow_twin(record, y, EL2N_EPOCH)
+    assert list(got.columns) == list(SCORES) and len(got) == len(y)
+    assert (got.dtypes == np.float64).all()
+    for col in ("forgetting_events", "first_learned_epoch", "grand"):  # counts, inf and NaN exactly
+        np.testing.assert_array_equal(got[col], want[col], err_msg=col)
+    for col in ("cumulative_accuracy", "confidence", "aum", "el2n"):
+        np.testing.assert_allclose(got[col], want[col], rtol=1e-9, atol=1e-12, err_msg=col)
+    # E[p²] − E[p]² in float64: absolute error ~√(1e-16) where p hardly moves, exact otherwise
+    np.testing.assert_allclose(got["variability"], want["variability"], rtol=1e-9, atol=1e-7)
+    assert (want["variability"] > 0.05).sum() > 10  # ddof=1 would be off by √(8/7) on these
+
+
+def test_state_keeps_no_per_epoch_history(run):
+    record, y = run
+    state = _fed(record, y).state_dict()
+    for k, v in state.items():
+        assert isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() <= len(y)), k
+
+
+def test_hand_made_record_with_known_counts():
+    # K = 3, label 0 for all; correct at an epoch iff logit 0 is the largest
+    pattern = ["CICI",  # forgotten twice, first learned at 1
+               "IIII",  # never learned: forgetting inf, first learned inf
+               "IICC",  # learned at 3, never forgotten
+               "CCCC",
+               "ICIC"]  # forgotten once (learned twice: counting I→C would give 2)
+    logits = torch.tensor([[[2.0, 0.0, 1.0] if p[t] == "C" else [0.0, 2.0, 1.0] for p in pattern]
+                           for t in range(4)])
+    y = torch.zeros(5, dtype=torch.long)
+    s = ExampleScores(5, el2n_epoch=2)
+    for t in range(4):
+        s.update(t + 1, logits[t], y)
+    f = s.frame()
+    assert f["forgetting_events"].tolist() == [2, math.inf, 0, 0, 1]
+    assert f["first_learned_epoch"].tolist() == [1, math.inf, 3, 1, 2]
+    assert f["cumulative_accuracy"].tolist() == [0.5, 0.0, 0.5, 1.0, 0.5]
+    # margin against the other classes: +1 when correct (2 − 1), −2 when not (0 − 2)
+    assert f["aum"].tolist() == pytest.approx([-0.5, -2.0, -0.5, 1.0, -0.5], abs=1e-12)
+    q = torch.tensor([2.0, 0.0, 1.0], dtype=torch.float64).softmax(0)  # p when correct; q[1] when not
+    pc, pi = q[0].item(), q[1].item()
+    assert f["confidence"][0] == pytest.approx((pc + pi) / 2, rel=1e-12)
+    assert f["variability"][0] == pytest.approx(abs(pc - pi) / 2, rel=1e-9)  # ddof=0
+    assert f["variability"][3] == pytest.approx(0.0, abs=1e-7)
+    # epoch 2 reads I, I, I, C, C (epochs 1 and 3 read otherwise)
+    el2n_c = math.sqrt((1 - q[0].item()) ** 2 + q[1].item() ** 2 + q[2].item() ** 2)
+    el2n_i = math.sqrt((1 - q[1].item()) ** 2 + q[0].item() ** 2 + q[2].item() ** 2)
+    assert f["el2n"].tolist() == pytest.approx([el2n_i] * 3 + [el2n_c] * 2, rel=1e-6)
+
+
+def test_undefined_scores_are_nan_and_epochs_must_be_consecutive():
+    s = ExampleScores(3, el2n_epoch=5)
+    assert s.frame().isna().all().all()  # no record yet, no GraNd
+    logits, y = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    with pytest.raises(ValueError, match="epoch 1"):
+        s.update(0, logits, y)  # epochs count from 1
+    s.update(1, logits, y)
+    for bad in (1, 3):  # repeated, skipped
+        with pytest.raises(ValueError, match="epoch 2"):
+            s.update(bad, logits, y)
+    with pytest.raises(ValueError):
+        s.update(2, logits[:2], y[:2])
+    f = s.frame()
+    assert f["el2n"].isna().all() and f["grand"].isna().all()  # epoch 5 never recorded
+    assert not f[list(SCORES[:6])].isna().any().any()
+    s.set_grand(torch.tensor([4.0, 0.0, 2.25]))
+    assert s.frame()["grand"].tolist() == [2.0, 0.0, 1.5]
+    with pytest.raises(ValueError):
+        s.set_grand(torch.ones(4))
+
+
+# =============================================================== checkpoint / resume
+
+def test_state_dict_round_trip_mid_run_gives_identical_numbers(run):
+    record, y = run
+    n = len(y)
+    uninterrupted = _fed(record, y)
+    uninterrupted.set_grand(torch.arange(n, dtype=torch.float64))
+    want = uninterrupted.frame()
+
+    first = _fed(record, y, upto=4)  # EL2N (epoch 3) is before the cut, so it must be carried over
+    first.set_grand(torch.arange(n, dtype=torch.float64))
+    state = first.state_dict()
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    for t in range(4, EPOCHS):  # the interrupted object runs on: the state taken must not move
+        first.update(t + 1, record[t], y)
+    buffer.seek(0)
+    # `state` twice: loading must copy it too, or the first resumed run moves the second's start
+    for saved in (state, state, torch.load(buffer, weights_only=True)):
+        resumed = ExampleScores(n, EL2N_EPOCH)
+        resumed.load_state_dict(saved)
+        for t in range(4, EPOCHS):
+            resumed.update(t + 1, record[t], y)
+        pd.testing.assert_frame_equal(resumed.frame(), want, check_exact=True)
+    pd.testing.assert_frame_equal(first.frame(), want, check_exact=True)
+    with pytest.raises(ValueError):
+        ExampleScores(n, EL2N_EPOCH + 1).load_state_dict(state)
+    with pytest.raises(ValueError):
+        ExampleScores(n - 1, EL2N_EPOCH).load_state_dict(state)
+
+
+# =============================================================== GraNd vs torch.func
+
+def _per_example_grad_norms(model, x, y):
+    """Per-example gradients materialized with torch.func (eval mode), then their norms."""
+    model = copy.deepcopy(model).eval()
+    params = {k: p.detach() for k, p in model.named_parameters()}
+
+    def example_loss(ps, xi, yi):
+        return F.cross_entropy(functional_call(model, ps, (xi[None],)), yi[None])
+
+    per = vmap(grad(example_loss), in_dims=(None, 0, 0))(params, x, y)
+    return torch.cat([g.flatten(1) for g in per.values()], 1).double().norm(dim=1)
+
+
+def _cnn_bn():
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.Conv2d(4, 5, 3, stride=2), nn.BatchNorm2d(5), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(5 * 3 * 3, 4))
+
+
+def _mlp_layernorm():  # LayerNorm has no closed form: its norms come from the vmap fallback
+    return nn.Sequential(nn.Linear(10, 12), nn.LayerNorm(12), nn.Tanh(), nn.Linear(12, 4))
+
+
+GRAND_CASES = {"mlp": (lambda: mlp((10,), [16, 16], 4), (10,)), "mlp_layernorm": (_mlp_layernorm, (10,)),
+               "cnn_batchnorm": (_cnn_bn, (3, 8, 8))}
+
+
+@pytest.mark.parametrize("case", GRAND_CASES)
+def test_grand_equals_torch_func_per_example_gradients(case):
+    torch.manual_seed(0)
+    build, shape = GRAND_CASES[case]
+    model = build()
+    m = 23
+    x, y = torch.randn(m, *shape) + 0.5, torch.randint(0, 4, (m,))
+    if case == "cnn_batchnorm":  # non-trivial running statistics, so eval mode is really tested
+        prime_batchnorm(model, x, batch_size=8)
+    model.train()
+    first = next(model.parameters())
+    first.grad = torch.ones_like(first)
+    before = copy.deepcopy(model.state_dict())
+    want = _per_example_grad_norms(model, x, y)
+    got = grand(model, x, y)
+    assert got.dtype == torch.float64 and got.shape == (m,) and got.device.type == "cpu"
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+    for chunk_size in (7, 1):  # 7 does not divide 23
+        torch.testing.assert_close(grand(model, x, y, chunk_size=chunk_size), got, rtol=1e-6, atol=1e-9)
+    # the same pass as m-coherence: its Σ‖g_i‖² is the sum of these
+    total = model_coherence_stats(model, x, y, chunk_size=7)["all"].sum_of_sq_norms
+    assert per_example_sq_norms(model, x, y, chunk_size=5).sum().item() == pytest.approx(total, rel=1e-6)
+    assert all(mod.training for mod in model.modules())  # modes restored, nothing else touched
+    assert torch.equal(first.grad, torch.ones_like(first))
+    assert all(p.grad is None for p in list(model.parameters())[1:])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+# =============================================================== rank statistics
+
+def _table(**cols):
+    n = len(next(iter(cols.values())))
+    return pd.DataFrame({c: np.asarray(cols.get(c, np.arange(n)), dtype=np.float64) for c in SCORES})
+
+
+def test_signs_cover_the_scores():
+    assert set(HARDNESS_SIGN) == set(SCORES) and set(HARDNESS_SIGN.values()) == {-1, 1}
+
+
+def test_spearman_on_known_tables():
+    difficulty = np.array([0, 1, 2, 3, 4, 5])
+    t = _table(forgetting_events=[0, 1, 1.5, 2, 7, math.inf],  # monotone, inf on top
+               confidence=[0.9, 0.8, 0.7, 0.6, 0.5, 0.1],
+               aum=[1, 1, 1, 1, 1, 1],  # constant
+               el2n=[0.1, 0.2, math.nan, 0.3, 0.4, 0.5])
+    r = spearman_with(t, difficulty)
+    assert list(r) == list(SCORES)
+    assert r["forgetting_events"] == pytest.approx(1.0)
+    assert r["confidence"] == pytest.approx(-1.0)
+    assert math.isnan(r["aum"]) and math.isnan(r["el2n"])
+    assert math.isnan(spearman_with(t, np.zeros(6))["confidence"])  # constant difficulty
+    z = _table(confidence=[3, 1, 2, 6, 4, 5])
+    # ranks (3, 1, 2, 6, 4, 5) against (1, …, 6): Σd² = 12, ρ = 1 − 6Σd²/(n(n²−1))
+    assert spearman_with(z, difficulty)["confidence"] == pytest.approx(1 - 6 * 12 / (6 * 35))
+    extra = t.assign(label=np.arange(6))  # non-score columns are ignored
+    assert spearman_with(extra, difficulty).keys() == r.keys()
+
+
+def test_auroc_orientation_ties_and_empty_classes():
+    corrupt = np.array([False, False, False, True, True])
+    t = _table(forgetting_events=[0, 1, 2, math.inf, 5],  # corrupt forget the most
+               confidence=[0.9, 0.8, 0.7, 0.2, 0.1],  # corrupt are the least confident
+               aum=[3, 2, 1, 4, 5],  # corrupt have the largest margins: the wrong way round
+               variability=[1, 1, 1, 1, 1])  # ties everywhere
+    a = auroc_corrupt(t, corrupt)
+    assert list(a) == list(SCORES)
+    assert a["forgetting_events"] == 1.0
+    assert a["confidence"] == 1.0  # sign −1: small confidence = hard
+    assert a["aum"] == 0.0
+    assert a["variability"] == 0.5
+    assert a["first_learned_epoch"] == 1.0  # arange: corrupt have the largest values...
+    assert a["cumulative_accuracy"] == 0.0  # ...which for a sign −1 score means the easiest
+    for empty in (np.zeros(5, bool), np.ones(5, bool)):
+        assert all(math.isnan(v) for v in auroc_corrupt(t, empty).values())
+
+
+def test_auroc_equals_a_brute_force_pairwise_count():
+    rng = np.random.default_rng(0)
+    n = 60
+    values = rng.integers(0, 6, size=(n, len(SCORES))).astype(np.float64)  # many ties
+    values[rng.random(values.shape) < 0.1] = math.inf
+    t = pd.DataFrame(values, columns=list(SCORES))
+    corrupt = rng.random(n) < 0.3
+    got = auroc_corrupt(t, corrupt)
+    for col in SCORES:
+        h = HARDNESS_SIGN[col] * t[col].to_numpy()
+        pos, neg = h[corrupt], h[~corrupt]
+        wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
+        assert got[col] == pytest.approx(wins / (len(pos) * len(neg)), abs=1e-12), col
