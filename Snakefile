@@ -22,6 +22,7 @@ rule all:
 
 
 ##### stages: one rule file each, all calling stages/<name>.py #####
+include: "rules/validate.smk"
 include: "rules/prepare.smk"
 include: "rules/corrupt.smk"
 include: "rules/easyhard.smk"

@@ -7,9 +7,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 from cglib.config import load_or_exit
+from cglib.tables import WriteError
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -35,9 +37,26 @@ def start(p: argparse.ArgumentParser, argv=None):
     for h in handlers:
         h.setFormatter(fmt)
         logger.addHandler(h)
+    global _logger
+    _logger = logger
+
+    def log_crash(kind, value, tb):  # a crash's traceback goes to the stage's log file too
+        if isinstance(value, WriteError):  # a full disk is not a bug: one line naming the file
+            logger.error(f"error: {value}")
+            return
+        logger.error("".join(traceback.format_exception(kind, value, tb)).rstrip())
+
+    sys.excepthook = log_crash
     return args, params, logger.info
 
 
+_logger: logging.Logger | None = None
+
+
 def fail(message: str, code: int = 1):
-    print(f"error: {message}", file=sys.stderr)
+    """One line `error: …` on stderr and in the stage's log, then exit `code`."""
+    if _logger is not None and _logger.handlers:
+        _logger.error(f"error: {message}")
+    else:
+        print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)

@@ -8,6 +8,7 @@ and the tests agree on run names; dvc.yaml spells the same names with its `${...
 from __future__ import annotations
 
 import copy
+import re
 import sys
 from pathlib import Path
 
@@ -43,6 +44,8 @@ def _one_line(err: jsonschema.ValidationError) -> str:
         extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
         where = f"{key}." if err.absolute_path else ""
         return f"{where}{extra[0]}: unknown key (allowed: {', '.join(sorted(err.schema['properties']))})"
+    if err.validator == "type" and err.validator_value == "integer" and isinstance(err.instance, float):
+        return f"{key}: {err.instance!r} must be a whole number written without a decimal point"
     if err.validator == "enum":
         return f"{key}: {err.instance!r} is not one of {', '.join(map(str, err.validator_value))}"
     return f"{key}: {err.message}"
@@ -107,11 +110,17 @@ def _difficulty_checks(p: dict) -> None:
                           f"that train.steps = {p['train']['steps']} covers")
 
 
+# JSON Schema counts 200.0 as an integer; the stages (range(), run names, DVC's ${...}) do not.
+_STRICT_INTEGERS = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+    "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool))
+_Validator = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=_STRICT_INTEGERS)
+
+
 def validate(params: dict) -> dict:
     """Validated copy of `params` with every default filled in; raises ParamsError."""
     if not isinstance(params, dict):
         raise ParamsError("<top level>: the params file must be a mapping of sections")
-    validator = jsonschema.Draft202012Validator(schema())
+    validator = _Validator(schema())
     errors = sorted(validator.iter_errors(params), key=lambda e: (len(e.absolute_path), _key(e.absolute_path)))
     if errors:
         raise ParamsError(_one_line(jsonschema.exceptions.best_match(errors)))
@@ -120,15 +129,56 @@ def validate(params: dict) -> dict:
     return full
 
 
-def load_params(path: str | Path) -> dict:
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader read as DVC's YAML 1.2 reader reads params: `1e-3` is a number
+    (YAML 1.1 wants `1.0e-3`), and a key given twice is an error (PyYAML would keep the last)."""
+
+
+_Loader.yaml_implicit_resolvers = {k: [r for r in v if r[0] != "tag:yaml.org,2002:float"]
+                                   for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                  |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                  |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                  |[-+]?\.(?:inf|Inf|INF)
+                  |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def _no_duplicates(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise ParamsError(f"{mark.name}:{mark.line + 1}: key {key!r} given twice")
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def read_yaml(path: str | Path):
+    """A params file as the stages, Snakemake and DVC must all read it; ParamsError naming the
+    file and line on a syntax error or a duplicated key."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: params file not found")
     try:
         with open(path) as fh:
-            raw = yaml.safe_load(fh) or {}
+            return yaml.load(fh, Loader=_Loader)
     except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ParamsError(f"{where}: not valid YAML ({getattr(err, 'problem', None) or str(err).splitlines()[0]})") from None
+
+
+def load_params(path: str | Path) -> dict:
+    raw = read_yaml(path)
+    if raw is None:  # an empty file would silently mean "the schema's default study"
+        raise ParamsError(f"{path}: the params file is empty")
     return validate(raw)
 
 

@@ -179,12 +179,21 @@ def to_float(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Te
     return (x.float() / 255.0 - mean.view(shape)) / std.view(shape)
 
 
-def load_prepared(path: str | Path, device: str | torch.device = "cpu") -> dict:
-    """Prepared file → dict with float x_train/x_test and int64 labels on `device`."""
+def read_prepared(path: str | Path) -> dict:
+    """The prepared file as written by the prepare stage; DataError naming it if it is damaged."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: prepared data not found; run the prepare stage first")
-    d = torch.load(path, weights_only=True)
+    try:
+        return torch.load(path, weights_only=True)
+    except Exception as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DataError(f"{path}: prepared data damaged ({first}); delete it and rerun the prepare stage") from None
+
+
+def load_prepared(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """Prepared file → dict with float x_train/x_test and int64 labels on `device`."""
+    d = read_prepared(path)
     out = dict(d)
     for split in ("train", "test"):
         out[f"x_{split}"] = to_float(d[f"x_{split}"], d["mean"], d["std"]).to(device)

@@ -154,6 +154,7 @@ def accuracy_by_difficulty(table: pd.DataFrame, histogram: pd.DataFrame, path) -
         ax.set_ylim(0, 1.02)
     for ax in axes[0]:
         ax.set_xlabel("difficulty")
+        ax.set_xticks(histogram["difficulty"])
         ax.grid(alpha=0.3)
     axes[0][1].legend(fontsize=7)
     fig.tight_layout()

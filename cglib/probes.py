@@ -10,6 +10,10 @@ the same numbers.
 """
 from __future__ import annotations
 
+import contextlib
+
+import torch
+
 from cglib.coherence import model_coherence_stats
 from cglib.data import fixed_sample
 from cglib.models import logits
@@ -76,29 +80,58 @@ class ShareProbe:
 
 
 class ScoreProbe:
-    """E8 scores of every training example (cglib.scores): GraNd at step 0, then one record on
-    the whole training set at the end of each epoch (steps per_epoch, 2·per_epoch, …)."""
+    """E8 scores of every training example (cglib.scores): GraNd at step 0, then one record per
+    epoch. As the papers record them (Toneva et al., Swayamdipta et al., Pleiss et al.), an
+    example's record is the model's output when its minibatch is presented, before that step's
+    update, captured from the training forward pass itself (so it costs no extra pass); the few
+    examples of an epoch's dropped tail are evaluated at the epoch's end instead."""
 
-    def __init__(self, x_train, labels, batch_size: int, el2n_epoch: int, chunk_size: int = 1024):
+    def __init__(self, x_train, labels, batch_size: int, el2n_epoch: int, num_classes: int,
+                 chunk_size: int = 1024):
         self.x, self.y, self.chunk = x_train, labels, chunk_size
         self.per_epoch = len(labels) // batch_size  # the loop drops an epoch's unfilled tail
         self.scores = ExampleScores(len(labels), el2n_epoch, device=x_train.device)
+        self.outputs = torch.zeros(len(labels), num_classes, device=x_train.device)
+        self.presented = torch.zeros(len(labels), dtype=torch.bool, device=x_train.device)
 
     def rows(self, step: int, model, scheduled: bool) -> list[dict]:
         if step == 0:
             self.scores.set_grand(grand(model, self.x, self.y, chunk_size=self.chunk))
         elif step % self.per_epoch == 0:
-            self.scores.update(step // self.per_epoch, logits(model, self.x), self.y)
+            tail = (~self.presented).nonzero().squeeze(1)
+            if len(tail):
+                self.outputs[tail] = logits(model, self.x[tail]).float()
+            self.scores.update(step // self.per_epoch, self.outputs, self.y)
+            self.presented.zero_()
         return []
+
+    @contextlib.contextmanager
+    def capture(self, model, idx):
+        """Record the outputs of the model's forward calls on the batch `idx` (in call order:
+        M3 calls it on the batch's three contiguous thirds)."""
+        seen = []
+        handle = model.register_forward_hook(lambda mod, inp, out: seen.append(out.detach()))
+        try:
+            yield
+        finally:
+            handle.remove()
+        out = torch.cat(seen) if seen else None
+        if out is None or out.shape != (len(idx), self.outputs.shape[1]):
+            out = logits(model, self.x[idx])  # a transform that called the model otherwise
+        self.outputs[idx] = out.float()
+        self.presented[idx] = True
 
     def frame(self):
         return self.scores.frame()
 
     def state_dict(self) -> dict:
-        return self.scores.state_dict()
+        return dict(scores=self.scores.state_dict(), outputs=self.outputs.clone(),
+                    presented=self.presented.clone())
 
     def load_state_dict(self, state: dict) -> None:
-        self.scores.load_state_dict(state)
+        self.scores.load_state_dict(state["scores"])
+        self.outputs.copy_(state["outputs"])
+        self.presented.copy_(state["presented"])
 
 
 def make_probes(params: dict, optimizer: str, data: dict, labels, corrupt, log=print) -> dict:
@@ -113,5 +146,5 @@ def make_probes(params: dict, optimizer: str, data: dict, labels, corrupt, log=p
     if shares["steps"] and optimizer in shares["optimizers"] and corrupt is not None:
         probes["shares"] = ShareProbe(train_params["shares"], data["x_train"], labels, corrupt, log)
     probes["scores"] = ScoreProbe(data["x_train"], labels, train_params["batch_size"],
-                                  params["difficulty"]["el2n_epoch"], coh["chunk_size"])
+                                  params["difficulty"]["el2n_epoch"], data["num_classes"], coh["chunk_size"])
     return probes

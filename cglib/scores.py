@@ -1,8 +1,10 @@
 """Per-example difficulty scores of one training run (E8), kept as running aggregates.
 
-At the end of epochs 1..E the training loop hands `ExampleScores.update` the logits of every
-training example (eval mode) and the run's training labels (noisy ones included: on a corrupt
-example, "correct" means fitting its noisy label). With correct = argmax(logits) == label and
+After each epoch 1..E the training loop hands `ExampleScores.update` one record: the logits of
+every training example and the run's training labels (noisy ones included: on a corrupt
+example, "correct" means fitting its noisy label). `cglib.probes.ScoreProbe` takes an example's
+logits when its minibatch is presented, before that step's update, as the papers below record
+them (the few examples of an epoch's dropped tail are evaluated at the epoch's end). With correct = argmax(logits) == label and
 p = softmax(logits)[label]:
 
 - forgetting_events   (Toneva et al. 2019, "An Empirical Study of Example Forgetting during Deep
@@ -21,11 +23,8 @@ p = softmax(logits)[label]:
 - grand (Paul et al. 2021): ‖∇_θ ℓ(x_i, y_i)‖₂ over all trainable parameters at initialization
   (step 0), handed over by `set_grand`; NaN until then.
 
-Departures from the papers, on purpose: they record an example when its minibatch is presented
-(train mode, mid-epoch); here every record is one eval-mode pass over the whole training set at an
-epoch's end — one forward pass serves all scores, and it is deterministic and free of dropout /
-BatchNorm batch noise. EL2N and GraNd come from this one run, where Paul et al. average them over
-10 initializations. The records are folded into O(n) running sums as they come (no per-epoch
+Departure from the papers, on purpose: EL2N and GraNd come from this one run, where Paul et
+al. average them over 10 initializations. The records are folded into O(n) running sums as they come (no per-epoch
 history), so an update costs O(n·K) and the state fits in a checkpoint.
 """
 from __future__ import annotations

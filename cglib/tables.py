@@ -5,8 +5,12 @@ timestamps; so the same params give byte-identical files on CPU.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import math
 import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -62,40 +66,88 @@ def examples_frame(per_example: pd.DataFrame, run: str) -> pd.DataFrame:
     return df.astype(EXAMPLE_COLUMNS)
 
 
-def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
+class DamagedFile(RuntimeError):
+    """An intermediate file is missing, truncated or not what it should be."""
+
+
+def read_parquet(path: str | Path, made_by: str) -> pd.DataFrame:
+    """pd.read_parquet with a one-line error naming the file and the stage that rebuilds it."""
+    try:
+        return pd.read_parquet(path)
+    except FileNotFoundError:
+        raise DamagedFile(f"{path}: not found; run {made_by} first") from None
+    except Exception as err:  # pyarrow raises several types for a truncated or foreign file
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise DamagedFile(f"{path}: damaged or not a Parquet table ({first}); delete it and rerun "
+                          f"{made_by}") from None
+
+
+class WriteError(OSError):
+    """An output could not be written (disk full, say); str() is one line naming the file."""
+
+
+def _atomic(path: str | Path, write) -> None:
+    """write(tmp) then rename onto `path`: a kill or a full disk never leaves a half file behind
+    at `path`, and a failed write leaves no temp file behind either."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    df.to_parquet(tmp, index=False, engine="pyarrow", compression="zstd")
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if isinstance(err, (OSError, RuntimeError)):  # torch.save reports ENOSPC as a RuntimeError
+            free = shutil.disk_usage(path.parent).free
+            full = getattr(err, "errno", None) == errno.ENOSPC or free < (1 << 20)
+            why = (f"no space left on the device ({free // 1024} KiB free); free some and rerun" if full
+                   else str(err).splitlines()[0] if str(err) else type(err).__name__)
+            raise WriteError(f"{path}: could not be written: {why}") from None
+        raise
+
+
+def write_parquet(df: pd.DataFrame, path: str | Path) -> None:
+    _atomic(path, lambda tmp: df.to_parquet(tmp, index=False, engine="pyarrow", compression="zstd"))
 
 
 def write_text(text: str, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    _atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def save_torch(obj, path: str | Path) -> None:
-    """torch.save through a temp file: a kill mid-write never leaves a half file behind."""
     import torch  # lazy: reading tables needs no torch
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    _atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes (inputs of a run: a checkpoint made from other inputs is stale)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _strict(obj):
+    """NaN / ±inf → null: strict JSON (a bare NaN token breaks most JSON readers)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
 
 
 def write_json(obj, path: str | Path) -> None:
-    write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", path)
+    write_text(json.dumps(_strict(obj), indent=2, sort_keys=True, allow_nan=False) + "\n", path)
 
 
 def final_values(df: pd.DataFrame) -> dict:
-    """Last-step E1 values of one run: {'<split>_<metric>': value}."""
-    e1 = df[(df["layer"] == "all") & (df["null"] == -1) & df["metric"].isin(["accuracy", "loss", "overfit"])]
+    """Last-step E1 (E6: also e-test, h-test) values of one run: {'<split>_<metric>': value}."""
+    e1 = df[(df["layer"] == "all") & (df["null"] == -1) & df["metric"].isin(["accuracy", "loss", "overfit"])
+            & (df["experiment"] != "E5")]  # the per-difficulty table is E5's own digest
     if e1.empty:
         return {}
     last = e1[e1["step"] == e1["step"].max()]

@@ -8,6 +8,7 @@ robust-gradient history (saved in the checkpoint).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -115,16 +116,21 @@ def evaluate(model, run: dict) -> list[dict]:
 
 # ---------------------------------------------------------------------------- checkpoints
 
-def _load_checkpoint(path: Path | None, fingerprint: str, log: Callable) -> dict | None:
+def _load_checkpoint(path: Path | None, fingerprint: dict, log: Callable) -> dict | None:
+    """The checkpoint at `path` if everything the run depends on (`fingerprint`: every param that
+    reaches it and the digests of its input files) is what it was when it was written."""
     if path is None or not path.is_file():
         return None
     try:
         ckpt = torch.load(path, weights_only=False, map_location="cpu")
     except Exception as err:  # a checkpoint cut short by a kill is rewritten, not trusted
-        log(f"ignoring unreadable checkpoint {path}: {err}")
+        log(f"starting afresh: checkpoint {path} is unreadable ({err})")
         return None
-    if ckpt.get("fingerprint") != fingerprint:
-        log(f"ignoring checkpoint {path}: it belongs to other params")
+    old = ckpt.get("fingerprint")
+    if old != fingerprint:
+        old = old if isinstance(old, dict) else {}
+        changed = sorted(k for k in fingerprint.keys() | old.keys() if old.get(k) != fingerprint.get(k))
+        log(f"starting afresh: checkpoint {path} was made with other {', '.join(changed)}")
         return None
     return ckpt
 
@@ -133,12 +139,14 @@ def _load_checkpoint(path: Path | None, fingerprint: str, log: Callable) -> dict
 
 def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Tensor | None, spec: dict,
               checkpoint: Path | None = None, log: Callable = print, progress: bool = True,
-              difficulty: torch.Tensor | None = None, tests: dict | None = None) -> dict:
+              difficulty: torch.Tensor | None = None, tests: dict | None = None,
+              inputs: dict | None = None) -> dict:
     """Train one run. `data` from cglib.data.load_prepared (on the device; for an E6 run, its
     x_train already cut to the subset), `labels` the training labels and `corrupt` their mask
     (None for clean-label subset runs), `spec` one entry of cglib.config.run_grid, `difficulty`
     each training example's difficulty (E5; None = not known), `tests` extra evaluation sets
-    {split: (x, y)} beside the test set (E6: e-test, h-test).
+    {split: (x, y)} beside the test set (E6: e-test, h-test), `inputs` digests of the input files
+    (a checkpoint made from other inputs is not resumed).
     Returns {"rows": [...], "scores": per-example E8 scores (DataFrame), "status": "ok" |
     "diverged", "steps_done", "wall_s"}."""
     t, device = params["train"], data["x_train"].device
@@ -159,9 +167,12 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
                difficulty_eval=difficulty.to(device)[eval_idx] if difficulty is not None else None,
                difficulty_levels=len(params["difficulty"]["seeds"]))
 
-    fingerprint = json.dumps({"train": t, "model": params["model"], "data": params["data"],
-                              "el2n_epoch": params["difficulty"]["el2n_epoch"], "spec": spec},
-                             sort_keys=True, default=str)
+    # everything the run's numbers depend on; a checkpoint is resumed only if all of it matches
+    fingerprint = {"params.train": t, "params.model": params["model"], "params.data": params["data"],
+                   "params.difficulty.el2n_epoch": params["difficulty"]["el2n_epoch"],
+                   "params.difficulty.seeds": params["difficulty"]["seeds"], "run": spec,
+                   **{f"input {k}": v for k, v in (inputs or {}).items()}}
+    fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
     rows, start, status, resumed_at = [], 0, "ok", None
     ckpt = _load_checkpoint(checkpoint, fingerprint, log)
     if ckpt is not None:
@@ -200,7 +211,8 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, t)
         optimizer.zero_grad(set_to_none=True)
-        loss = transform.backward(model, data["x_train"][idx], labels[idx])
+        with probes["scores"].capture(model, idx) if "scores" in probes else contextlib.nullcontext():
+            loss = transform.backward(model, data["x_train"][idx], labels[idx])
         if not torch.isfinite(loss):
             status = "diverged"
             log(f"loss is {loss.item()} at step {step}: run marked diverged, stopping")

@@ -3,7 +3,6 @@ import json
 import os
 import sys
 
-import yaml
 from snakemake.utils import validate
 
 from cglib import config as cgconfig
@@ -19,16 +18,16 @@ try:  # one line naming the key, exit code 2, before any job is scheduled
 except cgconfig.ParamsError as err:
     sys.stderr.write(f"params error: {err}\n")
     sys.exit(cgconfig.EXIT_BAD_PARAMS)
-with open(PARAMS_FILE) as fh:
-    config.clear()
-    config.update(yaml.safe_load(fh) or {})
-validate(config, "../schemas/params.schema.yaml")  # Snakemake's own check; fills defaults too
+config.clear()  # the file as the stages read it (YAML 1.2 numbers, no duplicate keys), defaults filled
+config.update(P)
+validate(config, "../schemas/params.schema.yaml")  # Snakemake's own check too
 
 GRID = cgconfig.run_grid(P)
 PREPARED = f"data/prepared/{P['data']['dataset']}.pt"
 RUN_DIR = "results/runs/{optimizer}_c{clip}_noise{noise}_seed{seed}"
 SUBSET_RUN_DIR = "results/runs/sgd_c0_{subset}_seed{seed}"
 DIFFICULTY = "results/difficulty.parquet"
+VALIDATED = "results/params.ok"  # the validate stage's marker: first in the DAG
 SPLITS = "results/difficulty_splits.parquet"
 
 

@@ -1,4 +1,6 @@
 rule prepare:
+    input:
+        ancient(VALIDATED),  # order only: its timestamp must not re-run the study
     output:
         PREPARED,
     log:

@@ -19,20 +19,30 @@ def main(argv=None):
     args, params, log = cli.start(p, argv)
     grid = config.run_grid(params)
     frames, runs, examples = [], [], []
+
+    def read(path, made_by):  # a damaged input: one line naming it, and the way back
+        try:
+            return tables.read_parquet(path, made_by)
+        except tables.DamagedFile as err:
+            cli.fail(f"{err} (rm {path}; then snakemake --cores all, or dvc repro)")
+
     for spec in grid:  # the grid, not a glob: stale runs of other studies stay out
         folder = Path(args.runs) / spec["run"]
         for name in ("metrics.parquet", "examples.parquet", "run.json"):
             if not (folder / name).is_file():
                 cli.fail(f"{folder}/{name}: missing; run the train stage for {spec['run']}")
-        df = pd.read_parquet(folder / "metrics.parquet")
-        meta = json.loads((folder / "run.json").read_text())
+        df = read(folder / "metrics.parquet", f"the train stage for {spec['run']}")
+        try:
+            meta = json.loads((folder / "run.json").read_text())
+        except ValueError as err:
+            cli.fail(f"{folder}/run.json: damaged ({err}); delete it and rerun the train stage for {spec['run']}")
         frames.append(df)
-        examples.append(pd.read_parquet(folder / "examples.parquet"))
+        examples.append(read(folder / "examples.parquet", f"the train stage for {spec['run']}"))
         runs.append(tables.run_row(params, spec, meta["status"], meta["steps_done"], tables.final_values(df)))
     metrics = pd.concat(frames, ignore_index=True).astype(tables.METRIC_COLUMNS)
     runs_df = pd.DataFrame(runs)
     examples_df = pd.concat(examples, ignore_index=True).astype(tables.EXAMPLE_COLUMNS)
-    diff = pd.read_parquet(args.difficulty)
+    diff = read(args.difficulty, "the difficulty stage")
     hist = histogram(diff, len(params["difficulty"]["seeds"]))
     seeds = pd.read_csv(args.difficulty_seeds)
     e5 = tables.accuracy_by_difficulty(metrics)

@@ -1,9 +1,9 @@
 """Stage corrupt: prepared data + one noise level → per-example label table (Parquet)."""
 import pandas as pd
-import torch
 
 from cglib import cli, tables
 from cglib.corruption import corrupt_labels, proper_accuracy
+from cglib.data import DataError, read_prepared
 
 
 def main(argv=None):
@@ -14,7 +14,10 @@ def main(argv=None):
     args, params, log = cli.start(p, argv)
     if not 0 <= args.noise <= 1:
         cli.fail(f"--noise {args.noise} is outside [0, 1]", code=2)
-    d = torch.load(args.data, weights_only=True)
+    try:
+        d = read_prepared(args.data)
+    except DataError as err:
+        cli.fail(str(err))
     clean = d["y_train"].numpy()
     noisy, corrupt = corrupt_labels(clean, args.noise, params["corrupt"]["seed"], d["num_classes"])
     df = pd.DataFrame({"example": range(len(clean)), "label_clean": clean, "label": noisy, "corrupt": corrupt})

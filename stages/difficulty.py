@@ -3,8 +3,6 @@ results/difficulty_splits.parquet (e-train / e-test / h-train / h-test, W&S §4.
 results/difficulty_seeds.csv (where each seed's split fell)."""
 from pathlib import Path
 
-import pandas as pd
-
 from cglib import cli, config, tables
 from cglib.difficulty import PoolsTooSmall, cross_splits, histogram, merge_seeds, seed_summary
 
@@ -20,7 +18,10 @@ def main(argv=None):
         path = Path(args.easyhard) / f"seed={s}.parquet"
         if not path.is_file():
             cli.fail(f"{path}: missing; run the easyhard stage for seed {s}")
-        found[s] = pd.read_parquet(path)
+        try:
+            found[s] = tables.read_parquet(path, f"the easyhard stage for seed {s}")
+        except tables.DamagedFile as err:
+            cli.fail(str(err))
     diff = merge_seeds(found)
     try:
         splits = cross_splits(diff, d, min_train=params["train"]["batch_size"])

@@ -47,22 +47,28 @@ def main(argv=None):
     except DataError as err:
         cli.fail(str(err))
     n = len(data["y_train"])
+
+    def read(path, made_by):
+        try:
+            return tables.read_parquet(path, made_by)
+        except tables.DamagedFile as err:
+            cli.fail(str(err))
     examples = pd.DataFrame({"example": range(n), "label_clean": data["y_train"].cpu().numpy()})
     if args.labels:
-        lab = pd.read_parquet(args.labels)
+        lab = read(args.labels, "the corrupt stage")
         if len(lab) != n:
             cli.fail(f"{args.labels}: {len(lab)} labels for {n} training examples")
         examples["label"], examples["corrupt"] = lab["label"].to_numpy(), lab["corrupt"].to_numpy()
     else:
         examples["label"], examples["corrupt"] = examples["label_clean"], False
     if args.difficulty:
-        diff = pd.read_parquet(args.difficulty)
+        diff = read(args.difficulty, "the difficulty stage")
         if len(diff) != n or not (diff["example"].to_numpy() == examples["example"].to_numpy()).all():
             cli.fail(f"{args.difficulty}: does not list the {n} training examples of {args.data}")
         examples["difficulty"] = diff["difficulty"].to_numpy()
     tests = {}
     if args.subset != "full":
-        splits = pd.read_parquet(args.splits)
+        splits = read(args.splits, "the difficulty stage")
         part = lambda s: torch.tensor(splits.loc[splits["subset"] == s, "example"].to_numpy())  # noqa: E731
         for s in ("e-test", "h-test"):
             tests[s] = (data["x_train"][part(s).to(device)], data["y_train"][part(s).to(device)])
@@ -79,8 +85,11 @@ def main(argv=None):
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     log(f"run {spec['run']} on {device}: {len(labels)} examples, {t['steps']} steps, "
         f"batch {t['batch_size']}, lr {t['lr']}")
+    inputs = {name: tables.file_digest(path) for name, path in
+              (("data", args.data), ("labels", args.labels), ("difficulty", args.difficulty),
+               ("splits", args.splits)) if path}
     result = train_run(params, data, labels, corrupt, spec, checkpoint=ckpt, log=log,
-                       difficulty=difficulty, tests=tests)
+                       difficulty=difficulty, tests=tests, inputs=inputs)
 
     out = Path(args.out)
     per_example = pd.concat([examples, result["scores"]], axis=1)

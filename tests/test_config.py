@@ -116,3 +116,46 @@ def test_run_grid_names_and_stage_params():
     q["difficulty"]["lr"] = 0.5
     assert config.stage_params(q, "train")["difficulty.el2n_epoch"] == 3
     assert config.stage_params(q, "easyhard")["difficulty.lr"] == 0.5
+
+
+SPELLINGS = {  # text appended to the tiny study's params → the message, or None = accepted
+    "lr 1e-3 (a number in YAML 1.2, DVC's reading)": ("train:\n  lr: 1e-3\n", None),
+    "integer written as a float": ("train:\n  steps: 60.0\n", "train.steps: 60.0 must be a whole number"),
+    "seed list of floats": ("train:\n  seeds: [0.0]\n", "train.seeds[0]: 0.0 must be a whole number"),
+    "duplicated key": ("train:\n  lr: 0.1\n  lr: 0.2\n", ":3: key 'lr' given twice"),
+    "empty file": ("", "the params file is empty"),
+    "YAML syntax error": ("train:\n  lr: [0.1\n", ":3: not valid YAML"),
+}
+
+
+def spelled(tmp_path, text):
+    """The tiny study with its train section replaced by `text` (merged when it is a mapping)."""
+    base = tiny_params()
+    if not text:
+        path = tmp_path / "p.yaml"
+        path.write_text("")
+        return path
+    path = write_params(tmp_path / "p.yaml", {k: v for k, v in base.items() if k != "train"})
+    extra = "\n".join(f"  {k}: {v}" for k, v in base["train"].items() if f"  {k}:" not in text)
+    path.write_text(path.read_text() + text + extra.replace("'", '"') + "\n")
+    return path
+
+
+@pytest.mark.parametrize("case", sorted(SPELLINGS))
+def test_params_spellings_same_verdict_in_stages_and_snakemake(tmp_path, workdir, case):
+    text, message = SPELLINGS[case]
+    params = spelled(tmp_path, text)
+    stage = run_stage("validate", "--params", params, "--out", tmp_path / "ok")
+    import shutil
+    shutil.copy(params, workdir / "params.yaml")
+    sm = subprocess.run([str(Path(PY).parent / "snakemake"), "-n"], cwd=workdir, capture_output=True, text=True,
+                        env=dict(os.environ, PATH=f"{Path(PY).parent}{os.pathsep}{os.environ['PATH']}"), timeout=300)
+    if message is None:
+        assert stage.returncode == 0, stage.stderr
+        assert sm.returncode == 0, sm.stderr[-2000:]
+        assert (tmp_path / "ok").is_file()
+    else:
+        assert stage.returncode == 2 and message in stage.stderr.strip().splitlines()[-1]
+        assert not (tmp_path / "ok").exists()
+        if case != "YAML syntax error":  # Snakemake's own configfile reader fails first (exit 1)
+            assert sm.returncode == 2 and message in sm.stderr, sm.stderr[-2000:]

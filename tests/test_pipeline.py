@@ -82,6 +82,21 @@ def test_smoke_study_snakemake_then_dvc(workdir):
     first = {p: md5(res / p) for p in ("metrics.parquet", "runs.parquet")}
     assert "Nothing to be done" in sh([str(BIN / "snakemake"), "-n", "--configfile", "studies/smoke.yaml"], workdir)
 
+    # a damaged run table: the aggregate fails with one line naming it, the previous aggregate
+    # outputs survive, and the README's recovery (delete it, rerun) restores the same bytes
+    damaged = res / "runs" / "sgd_c0_noise0.5_seed0" / "metrics.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    fail = subprocess.run([str(BIN / "snakemake"), "--cores", "2", "--configfile", "studies/smoke.yaml",
+                           "--forcerun", "aggregate"], cwd=workdir, env=env, capture_output=True, text=True)
+    assert fail.returncode != 0
+    assert f"error: results/runs/sgd_c0_noise0.5_seed0/metrics.parquet: damaged" in (res / "logs" / "aggregate.log").read_text()
+    assert {p: md5(res / p) for p in first} == first  # nothing good lost
+    damaged.unlink()
+    sh([str(BIN / "snakemake"), "--cores", "2", "--configfile", "studies/smoke.yaml"], workdir)
+    assert {p: md5(res / p) for p in first} == first
+    assert "Nothing to be done" in sh([str(BIN / "snakemake"), "-n", "--configfile", "studies/smoke.yaml"], workdir)
+
     # the same study through DVC, from nothing: identical tables
     shutil.copy(workdir / "studies" / "smoke.yaml", workdir / "params.yaml")
     for d in ("results", "data"):
@@ -92,3 +107,11 @@ def test_smoke_study_snakemake_then_dvc(workdir):
     # and each engine then finds nothing to do
     assert "Nothing to be done" in sh([str(BIN / "snakemake"), "-n"], workdir)
     assert "up to date" in sh([str(BIN / "dvc"), "status"], workdir).lower()
+
+    # a typo'd key in a section no changed stage reads: DVC stops before touching anything
+    lock = (workdir / "dvc.lock").read_bytes()
+    params = workdir / "params.yaml"
+    params.write_text(params.read_text().replace("  threads: 1", "  threads: 1\n  thread: 2"))
+    bad = subprocess.run([str(BIN / "dvc"), "repro"], cwd=workdir, env=env, capture_output=True, text=True)
+    assert bad.returncode != 0 and "train.thread: unknown key" in bad.stdout + bad.stderr
+    assert (workdir / "dvc.lock").read_bytes() == lock

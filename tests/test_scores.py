@@ -320,3 +320,46 @@ def test_auroc_equals_a_brute_force_pairwise_count():
         pos, neg = h[corrupt], h[~corrupt]
         wins = sum((p > q) + 0.5 * (p == q) for p in pos for q in neg)
         assert got[col] == pytest.approx(wins / (len(pos) * len(neg)), abs=1e-12), col
+
+
+@pytest.mark.parametrize("variant,clip", [("sgd", 0), ("m3", 0), ("rm3", 0), ("winsorized", 2)])
+def test_score_probe_records_the_presented_outputs(variant, clip):
+    """ScoreProbe takes each example's record from the training forward pass of its minibatch
+    (before the update), whatever the gradient transform; the dropped tail is evaluated at the
+    epoch's end; the record handed to ExampleScores equals that slow computation."""
+    from cglib.models import build_model
+    from cglib.probes import ScoreProbe
+    from cglib.robust import make_gradient_transform
+    from cglib.train import batch_indices
+
+    torch.manual_seed(0)
+    raw = make_synthetic(seed=1, dim=6, classes=3, n_train_total=40, n_test_total=10)
+    x, y = torch.from_numpy(raw["x_train"]), torch.from_numpy(raw["y_train"])
+    model = build_model({"name": "mlp", "hidden": [8]}, (6,), 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    transform = make_gradient_transform(variant, clip)
+    probe = ScoreProbe(x, y, batch_size=12, el2n_epoch=1, num_classes=3)  # 3 batches, tail of 4
+    expected, cache = torch.zeros(40, 3), {}
+    probe.rows(0, model, True)
+    for step in range(3):
+        idx = batch_indices(step, 40, 12, 0, cache)
+        with torch.no_grad():
+            expected[idx] = model(x[idx])  # θ_step, train mode, before the update
+        opt.zero_grad()
+        with probe.capture(model, idx):
+            transform.backward(model, x[idx], y[idx])
+        opt.step()
+    tail = torch.ones(40, dtype=torch.bool)
+    tail[torch.cat([batch_indices(s, 40, 12, 0, cache) for s in range(3)])] = False
+    assert tail.sum() == 4
+    with torch.no_grad():
+        model.eval()
+        expected[tail] = model(x[tail])
+        model.train()
+    torch.testing.assert_close(probe.outputs[~tail], expected[~tail], rtol=1e-6, atol=1e-6)
+    probe.rows(3, model, False)  # the epoch's end: the record goes in
+    twin = ExampleScores(40, el2n_epoch=1)
+    twin.update(1, expected, y)
+    pd.testing.assert_frame_equal(probe.frame().drop(columns="grand"), twin.frame().drop(columns="grand"),
+                                  rtol=1e-6, atol=1e-6)
+    assert not probe.presented.any()  # a fresh epoch starts

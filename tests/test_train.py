@@ -1,4 +1,5 @@
 """The training loop: schedules, determinism, kill-and-resume, divergence."""
+import json
 import signal
 import subprocess
 import time
@@ -93,6 +94,8 @@ def test_divergence_is_marked_and_outputs_written(tmp_path):
     assert proc.returncode == 0, proc.stderr
     meta = pd.read_json(tmp_path / "boom" / "run.json", typ="series")
     assert meta["status"] == "diverged" and meta["steps_done"] < 60
+    text = (tmp_path / "boom" / "run.json").read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"run.json is not strict JSON: {c}"))
     m = pd.read_parquet(tmp_path / "boom" / "metrics.parquet")
     assert (m["step"] == 0).any()
 
@@ -134,3 +137,59 @@ def test_probes_rows_and_noise_zero(tmp_path):
             assert set(e2["null"]) == {-1, 0, 1}
             f = e2.pivot_table(index=["step", "null"], columns="metric", values="value")
             assert ((f["f_pristine"] + f["f_corrupt"] - 1).abs() < 1e-9).all()
+
+
+def kill_after_checkpoint(cmd, ckpt):
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), "no checkpoint was written before the kill"
+
+
+def test_checkpoint_of_other_labels_is_not_resumed(tmp_path):
+    """Kill a run, change corrupt.seed (a new label table at the same path), rerun: the old
+    checkpoint must not be resumed; the run starts afresh, says why, and equals a clean run."""
+    params = prepare_tiny(tmp_path, steps=3000, checkpoint_every=100, batch_size=30, **PROBES)
+    ckpt = tmp_path / "stale.ckpt"
+    kill_after_checkpoint([PY, str(ROOT / "stages" / "train.py"),
+                           *map(str, train_args(params, tmp_path, "stale", ckpt=ckpt))], ckpt)
+    p = tiny_params(steps=3000, checkpoint_every=100, batch_size=30, **PROBES)
+    p["corrupt"]["seed"] = 1
+    params = write_params(tmp_path / "p.yaml", p)
+    run_stage("corrupt", "--params", params, "--data", tmp_path / "d.pt", "--noise", "0.5",
+              "--out", tmp_path / "c.parquet", check=True)
+    rerun = run_stage("train", *train_args(params, tmp_path, "stale", ckpt=ckpt), check=True)
+    assert "resumed" not in rerun.stderr
+    assert f"starting afresh: checkpoint {ckpt} was made with other input labels" in rerun.stderr
+    run_stage("train", *train_args(params, tmp_path, "fresh"), check=True)
+    assert (tmp_path / "stale" / "metrics.parquet").read_bytes() == (tmp_path / "fresh" / "metrics.parquet").read_bytes()
+
+
+def test_failures_land_in_the_log_file(tmp_path):
+    """A stage's error (one-line failure or a crash's traceback) is in its log file, not only on stderr."""
+    params = prepare_tiny(tmp_path)
+    log = tmp_path / "logs" / "t.log"
+    (tmp_path / "c.parquet").write_bytes(b"PAR1 not really")  # a damaged label table: a crash today
+    proc = run_stage("train", *train_args(params, tmp_path, "x"), "--log", log)
+    assert proc.returncode != 0
+    text = log.read_text()
+    assert "Traceback" in text or "error:" in text
+    assert text.strip().splitlines()[-1] in proc.stderr
+    bad = run_stage("train", *train_args(params, tmp_path, "y"), "--labels", tmp_path / "none.parquet",
+                    "--log", log)
+    assert bad.returncode != 0 and "none.parquet" in log.read_text()
+
+
+@pytest.mark.parametrize("damage", ["labels", "data"])
+def test_truncated_inputs_are_one_line_errors_naming_the_file(tmp_path, damage):
+    params = prepare_tiny(tmp_path)
+    path = tmp_path / ("c.parquet" if damage == "labels" else "d.pt")
+    path.write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    proc = run_stage("train", *train_args(params, tmp_path, "x"))
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {path}: ") and "rerun the" in last
+    assert "checkpoint" not in last and not (tmp_path / "x").exists()
