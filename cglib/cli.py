@@ -60,3 +60,20 @@ def fail(message: str, code: int = 1):
     else:
         print(f"error: {message}", file=sys.stderr)
     raise SystemExit(code)
+
+
+def load_training_data(path, train_params: dict):
+    """For stages that train: torch threads and device from the train section, then the prepared
+    data on that device (a one-line error naming the file if it is missing or damaged)."""
+    import torch  # lazy: stages that only read tables need no torch
+
+    from cglib.data import DataError, load_prepared
+    from cglib.models import pick_device
+
+    if train_params["threads"]:
+        torch.set_num_threads(train_params["threads"])
+    device = pick_device(train_params["device"])
+    try:
+        return load_prepared(path, device), device
+    except DataError as err:
+        fail(str(err))

@@ -220,6 +220,13 @@ def run_grid(params: dict, subsets: bool = True) -> list[dict]:
     return runs
 
 
+def steps_of(params: dict, subset: str = "full") -> int:
+    """Optimizer steps of a run: train.steps, or difficulty.subset_steps for an E6 run."""
+    if subset != "full" and params["difficulty"]["subset_steps"]:
+        return params["difficulty"]["subset_steps"]
+    return params["train"]["steps"]
+
+
 # Keys of each stage's params that, when changed, must re-run that stage (the grid lists are
 # not among them: adding a noise level must not retrain the others). dvc.yaml lists the same
 # keys; tests/test_engines.py checks that it does.
@@ -230,6 +237,10 @@ STAGE_KEYS = {
               "train.lr_schedule", "train.lr_milestones", "train.lr_gamma", "train.batch_size",
               "train.steps", "train.eval_per_decade", "train.eval_train_sample", "train.coherence",
               "train.shares", "difficulty.el2n_epoch"],
+    "train_subset": ["model", "train.base", "train.lr", "train.momentum", "train.weight_decay",
+                     "train.lr_schedule", "train.lr_milestones", "train.lr_gamma", "train.batch_size",
+                     "train.steps", "train.eval_per_decade", "train.eval_train_sample", "train.coherence",
+                     "train.shares", "difficulty.el2n_epoch", "difficulty.subset_steps"],
     "easyhard": ["model", "difficulty.threshold", "difficulty.lr", "difficulty.batch_size",
                  "difficulty.max_steps"],
     "difficulty": ["difficulty.seeds", "difficulty.pools", "difficulty.pool_size",

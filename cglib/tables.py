@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from cglib.config import steps_of
+
 METRIC_COLUMNS = {  # name → pandas dtype, in the order of DESIGN.md §6
     "run": "string", "experiment": "string", "dataset": "string", "model": "string",
     "optimizer": "string", "clip": "Int64", "noise": "float64", "seed": "int64",
@@ -161,7 +163,8 @@ def run_row(params: dict, spec: dict, status: str, steps_done: int, final: dict)
     return {**run_constants(params, spec), "study": params["study"], "status": status,
             "steps_done": int(steps_done), "n_train": params["data"]["n_train"],
             "base": t["base"], "lr": float(t["lr"]), "momentum": float(t["momentum"]),
-            "lr_schedule": t["lr_schedule"], "batch_size": t["batch_size"], "steps": t["steps"],
+            "lr_schedule": t["lr_schedule"], "batch_size": t["batch_size"],
+            "steps": steps_of(params, spec.get("subset", "full")),
             "hidden": json.dumps(params["model"].get("hidden")), **final}
 
 

@@ -31,7 +31,7 @@ rule train_subset:  # E6: plain SGD on e-train or h-train, clean labels
     log:
         "results/logs/train/sgd_c0_{subset}_seed{seed}.log",
     params:
-        values=stage_values("train"),
+        values=stage_values("train_subset"),
         out=SUBSET_RUN_DIR,
     threads: train_threads()
     shell:

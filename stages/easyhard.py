@@ -2,12 +2,8 @@
 
 Plain SGD on the clean training labels until training accuracy first reaches
 difficulty.threshold; the examples then classified correctly are easy, the rest hard."""
-import torch
-
 from cglib import cli, config, tables
-from cglib.data import DataError, load_prepared
 from cglib.difficulty import ThresholdNotReached, classify_easy_hard, easyhard_frame
-from cglib.models import pick_device
 
 
 def main(argv=None):
@@ -17,13 +13,7 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="easy/hard table to write")
     args, params, log = cli.start(p, argv)
     d, t = params["difficulty"], params["train"]
-    if t["threads"]:
-        torch.set_num_threads(t["threads"])
-    device = pick_device(t["device"])
-    try:
-        data = load_prepared(args.data, device)
-    except DataError as err:
-        cli.fail(str(err))
+    data, device = cli.load_training_data(args.data, t)
     log(f"easy/hard seed {args.seed} on {device}: {len(data['y_train'])} examples, lr {d['lr']}, "
         f"batch {d['batch_size']}, until training accuracy ≥ {d['threshold']}")
     try:

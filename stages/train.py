@@ -6,8 +6,6 @@ import pandas as pd
 import torch
 
 from cglib import cli, config, scores, tables
-from cglib.data import DataError, load_prepared
-from cglib.models import pick_device
 from cglib.train import train_run
 
 
@@ -27,6 +25,8 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default results/checkpoints/<run>.pt)")
     args, params, log = cli.start(p, argv)
+    # an E6 run may take its own number of steps (difficulty.subset_steps)
+    params = {**params, "train": {**params["train"], "steps": config.steps_of(params, args.subset)}}
     t = params["train"]
     opt = {"name": args.optimizer, "clip": args.clip}
     try:  # the same cross-field rules as the params file (clip < B/2, B % 3 for m3, ...)
@@ -39,13 +39,7 @@ def main(argv=None):
             else config.subset_run_name(args.subset, args.seed))
     spec = dict(run=name, noise=float(args.noise), optimizer=args.optimizer, clip=args.clip, seed=args.seed,
                 subset=args.subset)
-    if t["threads"]:
-        torch.set_num_threads(t["threads"])
-    device = pick_device(t["device"])
-    try:
-        data = load_prepared(args.data, device)
-    except DataError as err:
-        cli.fail(str(err))
+    data, device = cli.load_training_data(args.data, t)
     n = len(data["y_train"])
 
     def read(path, made_by):

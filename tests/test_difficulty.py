@@ -169,11 +169,14 @@ def test_easyhard_and_difficulty_stages_write_their_tables(difficulty_outputs):
     assert set(splits["subset"]) == {"e-train", "e-test", "h-train", "h-test"}
 
 
+def train_on(params, tmp, out, *args):
+    run_stage("train", "--params", params, "--data", tmp / "d.pt", "--difficulty", tmp / "difficulty.parquet",
+              "--optimizer", "sgd", "--seed", "0", "--out", tmp / out, *args, check=True)
+
+
 def test_accuracy_by_difficulty_weighted_by_counts_is_train_accuracy(difficulty_outputs):
     params, tmp = difficulty_outputs
-    run_stage("train", "--params", params, "--data", tmp / "d.pt", "--labels", tmp / "c.parquet",
-              "--difficulty", tmp / "difficulty.parquet", "--noise", "0.5", "--optimizer", "sgd",
-              "--seed", "0", "--out", tmp / "run", check=True)
+    train_on(params, tmp, "run", "--labels", tmp / "c.parquet", "--noise", "0.5")
     m = pd.read_parquet(tmp / "run" / "metrics.parquet")
     e5 = m[m["experiment"] == "E5"]
     assert set(e5["metric"]) == {"accuracy", "count"}
@@ -194,9 +197,7 @@ def test_accuracy_by_difficulty_weighted_by_counts_is_train_accuracy(difficulty_
 
 def test_subset_run_trains_on_its_part_and_evaluates_on_both_tests(difficulty_outputs):
     params, tmp = difficulty_outputs
-    run_stage("train", "--params", params, "--data", tmp / "d.pt", "--difficulty", tmp / "difficulty.parquet",
-              "--splits", tmp / "difficulty_splits.parquet", "--subset", "h-train", "--optimizer", "sgd",
-              "--seed", "0", "--out", tmp / "h", check=True)
+    train_on(params, tmp, "h", "--splits", tmp / "difficulty_splits.parquet", "--subset", "h-train")
     m = pd.read_parquet(tmp / "h" / "metrics.parquet")
     assert m["run"].iloc[0] == "sgd_c0_h-train_seed0" and set(m["subset"]) == {"h-train"}
     e6 = m[m["experiment"] == "E6"]
