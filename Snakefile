@@ -8,7 +8,8 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "params.yaml"
+# No `configfile:` directive: Snakemake's own reader would fail on a bad params.yaml with neither
+# file nor line (exit 1); rules/common.smk reads it as every stage does (one line, exit 2).
 
 
 ##### helpers: params validation, the run grid, output lists #####

@@ -8,8 +8,8 @@ from snakemake.utils import validate
 from cglib import config as cgconfig
 from cglib import tables as cgtables
 
-# `--configfile studies/x.yaml` replaces params.yaml as a whole (Snakemake would deep-merge the
-# two; the stages read one file, so the Snakefile must see exactly that file too).
+# The study's params file: params.yaml, or `--configfile studies/x.yaml`, which replaces it as a
+# whole (the stages read one file, so the Snakefile must see exactly that file too).
 PARAMS_FILE = "params.yaml"
 if workflow.overwrite_configfiles:
     PARAMS_FILE = os.path.relpath(workflow.overwrite_configfiles[-1])

@@ -1,6 +1,6 @@
+# Snakemake validates the whole params file on every invocation (rules/common.smk); this rule
+# only makes the same marker as DVC's first stage, so both engines describe the same files.
 rule validate:
-    input:
-        PARAMS_FILE,
     output:
         VALIDATED,
     log:
