@@ -124,14 +124,22 @@ def test_histogram_includes_empty_levels():
     ({"el2n_epoch": 99}, "difficulty.el2n_epoch"), ({"batch_size": 999}, "difficulty.batch_size"),
     ({"pools": "majority"}, "difficulty.pools"), ({"subsets": ["x-train"]}, "difficulty.subsets[0]"),
 ])
-def test_bad_difficulty_section_is_one_line_exit_2(tmp_path, section, key):
+def test_bad_difficulty_section_names_the_key(section, key):
     p = tiny_params()
     p["difficulty"].update(section)
+    with pytest.raises(config.ParamsError) as err:
+        config.validate(p)
+    assert str(err.value).startswith(f"{key}:") and "\n" not in str(err.value)
+
+
+def test_bad_difficulty_section_stops_the_stage_with_exit_2(tmp_path):
+    p = tiny_params()
+    p["difficulty"]["threshold"] = 0
     params = write_params(tmp_path / "p.yaml", p)
     out = tmp_path / "e.parquet"
     proc = run_stage("easyhard", "--params", params, "--data", tmp_path / "d.pt", "--seed", "0", "--out", out)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith(f"params error: {key}")
+    assert proc.stderr.strip().splitlines()[-1].startswith("params error: difficulty.threshold")
     assert not out.exists()
 
 
