@@ -62,6 +62,17 @@ def fail(message: str, code: int = 1):
     raise SystemExit(code)
 
 
+def read_table(path, made_by: str, hint: str = ""):
+    """A Parquet input of a stage; a damaged or missing one is a one-line error naming it and
+    `made_by`, the stage that rebuilds it (plus `hint`)."""
+    from cglib.tables import DamagedFile, read_parquet
+
+    try:
+        return read_parquet(path, made_by)
+    except DamagedFile as err:
+        fail(f"{err}{hint}")
+
+
 def load_training_data(path, train_params: dict):
     """For stages that train: torch threads and device from the train section, then the prepared
     data on that device (a one-line error naming the file if it is missing or damaged)."""

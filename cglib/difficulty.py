@@ -112,15 +112,11 @@ def pools(diff: pd.DataFrame, kind: str, seeds: list[int]) -> tuple[np.ndarray, 
     """Example ids of the easy and hard pools. "single": easy/hard of one classification run,
     the first seed's (W&S §4.2); "consensus": difficulty 0 vs difficulty K (easy resp. hard in
     every run)."""
+    ex, d = diff["example"].to_numpy(), diff["difficulty"].to_numpy()
     if kind == "single":
         hard = diff[seed_column(seeds[0])].to_numpy()
-    else:
-        k = len(seeds)
-        d = diff["difficulty"].to_numpy()
-        ex = diff["example"].to_numpy()
-        return ex[d == 0], ex[d == k]
-    ex = diff["example"].to_numpy()
-    return ex[~hard], ex[hard]
+        return ex[~hard], ex[hard]
+    return ex[d == 0], ex[d == len(seeds)]
 
 
 def cross_splits(diff: pd.DataFrame, d: dict, min_train: int = 1) -> pd.DataFrame:

@@ -21,10 +21,7 @@ def main(argv=None):
     frames, runs, examples = [], [], []
 
     def read(path, made_by):  # a damaged input: one line naming it, and the way back
-        try:
-            return tables.read_parquet(path, made_by)
-        except tables.DamagedFile as err:
-            cli.fail(f"{err} (rm {path}; then snakemake --cores all, or dvc repro)")
+        return cli.read_table(path, made_by, f" (rm {path}; then snakemake --cores all, or dvc repro)")
 
     for spec in grid:  # the grid, not a glob: stale runs of other studies stay out
         folder = Path(args.runs) / spec["run"]

@@ -18,10 +18,7 @@ def main(argv=None):
         path = Path(args.easyhard) / f"seed={s}.parquet"
         if not path.is_file():
             cli.fail(f"{path}: missing; run the easyhard stage for seed {s}")
-        try:
-            found[s] = tables.read_parquet(path, f"the easyhard stage for seed {s}")
-        except tables.DamagedFile as err:
-            cli.fail(str(err))
+        found[s] = cli.read_table(path, f"the easyhard stage for seed {s}")
     diff = merge_seeds(found)
     try:
         splits = cross_splits(diff, d, min_train=params["train"]["batch_size"])

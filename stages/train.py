@@ -41,28 +41,22 @@ def main(argv=None):
                 subset=args.subset)
     data, device = cli.load_training_data(args.data, t)
     n = len(data["y_train"])
-
-    def read(path, made_by):
-        try:
-            return tables.read_parquet(path, made_by)
-        except tables.DamagedFile as err:
-            cli.fail(str(err))
     examples = pd.DataFrame({"example": range(n), "label_clean": data["y_train"].cpu().numpy()})
     if args.labels:
-        lab = read(args.labels, "the corrupt stage")
+        lab = cli.read_table(args.labels, "the corrupt stage")
         if len(lab) != n:
             cli.fail(f"{args.labels}: {len(lab)} labels for {n} training examples")
         examples["label"], examples["corrupt"] = lab["label"].to_numpy(), lab["corrupt"].to_numpy()
     else:
         examples["label"], examples["corrupt"] = examples["label_clean"], False
     if args.difficulty:
-        diff = read(args.difficulty, "the difficulty stage")
+        diff = cli.read_table(args.difficulty, "the difficulty stage")
         if len(diff) != n or not (diff["example"].to_numpy() == examples["example"].to_numpy()).all():
             cli.fail(f"{args.difficulty}: does not list the {n} training examples of {args.data}")
         examples["difficulty"] = diff["difficulty"].to_numpy()
     tests = {}
     if args.subset != "full":
-        splits = read(args.splits, "the difficulty stage")
+        splits = cli.read_table(args.splits, "the difficulty stage")
         part = lambda s: torch.tensor(splits.loc[splits["subset"] == s, "example"].to_numpy())  # noqa: E731
         for s in ("e-test", "h-test"):
             tests[s] = (data["x_train"][part(s).to(device)], data["y_train"][part(s).to(device)])
