@@ -10,9 +10,10 @@ gradients: rows are formed on the fly as outer products ``delta_b^T a_b`` (see c
 Compilation (``torch.compile``, CPU by default). The streaming loop is many small elementwise
 ops; eagerly each op allocates and re-reads the running lists, compiled the rows of one chunk
 (``_ROWS`` = 10) fuse into one C++/OpenMP loop over the coordinates (winsorized step on MLP
-3x256, B=100, c=2, one thread: ~35 ms compiled vs ~370 ms eager). RM3/M3 also compile their
-median into one fused pass per tensor, one call for all parameters (eager: three passes;
-results are bit-identical either way).
+3x256, B=100, c=2, one thread: ~35 ms compiled vs ~370 ms eager). RM3/M3 compile their median
+into one fused pass per tensor, one call for all parameters, on models of at least
+``MEDIANS_COMPILE_MIN`` elements; on smaller ones three eager passes are as fast and start at
+once (results are bit-identical either way).
 One compiled call per chunk serves every parameter of the model (``winsorized_means``): the
 call's own cost (dynamo guards, dispatch) was a fifth of the step when paid per parameter
 (winsorized step on MLP 3x256, 2 threads: 21.3 -> 17.7 ms). Compilation is lazy (at the first
@@ -25,7 +26,7 @@ every later process ~7 s (re-tracing, then cache hits); RM3 ~5 s cold, ~2 s warm
 ``TORCHINDUCTOR_CACHE_DIR`` at a persistent directory shared by all runs of a study, e.g.
 ``export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor`` (concurrent jobs may share it), so only
 the first job of a study pays the cold compile. ``CGLIB_COMPILE=auto`` (default: compile for
-CPU tensors only), ``1`` (also CUDA) or ``0`` (always eager), or call ``set_compile``. If
+CPU tensors only, medians only above the size floor), ``1`` (also CUDA, every size) or ``0`` (always eager), or call ``set_compile``. If
 compilation fails (no C++ compiler, unsupported platform) we warn once and continue eagerly;
 the winsorized results of the two paths agree up to float rounding of the final sum.
 """
@@ -61,7 +62,7 @@ def _medians_(a: list[Tensor], b: list[Tensor], c: list[Tensor],
     calls would cost a bias-sized model more than its traffic. Eagerly: three passes per tensor
     (max into scratch, min into b, clamp into b). Both are exact, so they agree bit for bit."""
     with torch.no_grad():
-        if b and _want_compile(b[0].device):
+        if _compile_medians(b):
             _run(_medians_into, True, a, b, c)
             return b
         for i, (x, y, z) in enumerate(zip(a, b, c)):
@@ -69,6 +70,18 @@ def _medians_(a: list[Tensor], b: list[Tensor], c: list[Tensor],
             torch.minimum(x, y, out=y)
             torch.clamp(z, y, hi, out=y)
         return b
+
+
+# Below this many elements (a 784-512-10 MLP is 0.4M) the three eager passes stay in cache and
+# are as fast as the fused one, so "auto" does not pay the compiled call's start-up (loading
+# the cached kernel) or its per-call guards; `make bench` measures the wide case.
+MEDIANS_COMPILE_MIN = 500_000
+
+
+def _compile_medians(tensors: list[Tensor]) -> bool:
+    if not tensors or not _want_compile(tensors[0].device):
+        return False
+    return str(_compile_mode).lower() == "1" or sum(t.numel() for t in tensors) >= MEDIANS_COMPILE_MIN
 
 
 def _medians_into(a: list[Tensor], b: list[Tensor], c: list[Tensor]) -> None:
@@ -166,9 +179,9 @@ def _stream(kinds, srcs, shapes, c):
     tops = [tuple(ref.new_full(shape, fin.min) for _ in range(c + 1)) for shape in shapes]
     bots = [tuple(ref.new_full(shape, fin.max) for _ in range(c + 1)) for shape in shapes]
     compiled = _want_compile(ref.device)
-    # (compile this chunk?, its rows of every source): a short last chunk runs eagerly rather
-    # than compiling a second graph
-    chunks = [(compiled and B - i >= _ROWS, [tuple(t[i:i + _ROWS] for t in src) for src in srcs])
+    # (compile this chunk?, its rows of every source). A short last chunk (B=99: 9 rows) is
+    # compiled too, a second graph paid once per cache: eagerly it cost a third of the step.
+    chunks = [(compiled, [tuple(t[i:i + _ROWS] for t in src) for src in srcs])
               for i in range(0, B, _ROWS)]
     for compile_chunk, chunk in chunks:
         tops, bots = _run(_update, compile_chunk, kinds, tops, bots, chunk)
@@ -346,7 +359,7 @@ class Rolling(GradientTransform):
         elif self.name == "rm3":
             # The result goes into g_{t-2}'s buffer, which is dead after this step: no
             # allocation; the eager path keeps a persistent scratch for max(h1, h2).
-            scratch = (None if _want_compile(grads[0].device)
+            scratch = (None if _compile_medians(grads)
                        else [self._scratch_for(n, g) for n, g in zip(names, grads)])
             out = _medians_(prev[0], prev[1], grads, scratch)
         else:

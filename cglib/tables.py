@@ -11,6 +11,7 @@ import json
 import math
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -82,6 +83,31 @@ def read_parquet(path: str | Path, made_by: str) -> pd.DataFrame:
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DamagedFile(f"{path}: damaged or not a Parquet table ({first}); delete it and rerun "
                           f"{made_by}") from None
+
+
+def damage(path: str | Path) -> str | None:
+    """Why an existing intermediate file is unreadable, judged by its envelope only: cheap enough
+    for the Snakefile to check every input before it schedules (and so deletes) anything. A
+    Parquet file starts and ends with PAR1 (a cut-off file lost its footer), torch's .pt is a zip
+    archive whose directory sits at the end, JSON parses. None when intact or absent."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    if path.suffix == ".parquet":
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+            fh.seek(max(size - 4, 0))
+            tail = fh.read(4)
+        return None if size >= 12 and head == tail == b"PAR1" else "not a complete Parquet file"
+    if path.suffix == ".pt":
+        return None if zipfile.is_zipfile(path) else "not a complete torch file"
+    if path.suffix == ".json":
+        try:
+            json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            return "not valid JSON"
+    return None
 
 
 class WriteError(OSError):

@@ -60,3 +60,19 @@ def aggregate_outputs():
 
 def train_threads():
     return P["train"]["threads"] or 1
+
+
+def check_intact(paths):
+    """A damaged intermediate (a truncated run table, say) stops the workflow here, before any
+    job starts: Snakemake deletes a job's old outputs when it starts it, so a downstream job
+    failing on the damaged file would lose the good aggregate tables too."""
+    for path in paths:
+        why = cgtables.damage(path)
+        if why:
+            sys.stderr.write(f"error: {path}: damaged ({why}); nothing was run or deleted. "
+                             f"Delete it and rerun: rm {path} && snakemake --cores all\n")
+            sys.exit(1)
+
+
+check_intact([PREPARED, DIFFICULTY, SPLITS, *easyhard_outputs(), *run_outputs(),
+              *(f"data/corrupt/noise={n}.parquet" for n in P["corrupt"]["noise"])])

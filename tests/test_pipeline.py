@@ -2,14 +2,16 @@
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pandas as pd
 
 from cglib.scores import SCORES
 from cglib.tables import AGGREGATE_OUTPUTS, EXAMPLE_COLUMNS, METRIC_COLUMNS
-from conftest import PY
+from conftest import PY, tiny_params, write_params
 
 BIN = Path(PY).parent
 
@@ -82,16 +84,22 @@ def test_smoke_study_snakemake_then_dvc(workdir):
     first = {p: md5(res / p) for p in ("metrics.parquet", "runs.parquet")}
     assert "Nothing to be done" in sh([str(BIN / "snakemake"), "-n", "--configfile", "studies/smoke.yaml"], workdir)
 
-    # a damaged run table: the aggregate fails with one line naming it (in its log too), and the
-    # README's recovery (delete it, rerun) brings back the same bytes
+    # a damaged run table: Snakemake stops before any job with one line naming it, so the good
+    # aggregate tables stay (a started aggregate job would delete them); the README's recovery
+    # (delete it, rerun) brings back the same bytes
     damaged = res / "runs" / "sgd_c0_noise0.5_seed0" / "metrics.parquet"
     damaged.write_bytes(damaged.read_bytes()[:100])
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    fail = subprocess.run([str(BIN / "snakemake"), "--cores", "2", "--configfile", "studies/smoke.yaml",
-                           "--forcerun", "aggregate"], cwd=workdir, env=env, capture_output=True, text=True)
-    assert fail.returncode != 0
-    assert f"error: results/runs/sgd_c0_noise0.5_seed0/metrics.parquet: damaged" in (res / "logs" / "aggregate.log").read_text()
-    assert "Nothing to be done" not in sh([str(BIN / "snakemake"), "-n", "--configfile", "studies/smoke.yaml"], workdir)
+    kept = {p: md5(res / p) for p in ("metrics.parquet", "runs.parquet", "summary.json")}
+    for extra in ([], ["--forcerun", "aggregate"]):
+        fail = subprocess.run([str(BIN / "snakemake"), "--cores", "2", "--configfile", "studies/smoke.yaml", *extra],
+                              cwd=workdir, env=env, capture_output=True, text=True)
+        assert fail.returncode == 1
+        assert fail.stderr.strip().splitlines()[-1] == (
+            "error: results/runs/sgd_c0_noise0.5_seed0/metrics.parquet: damaged (not a complete Parquet "
+            "file); nothing was run or deleted. Delete it and rerun: rm results/runs/sgd_c0_noise0.5_seed0/"
+            "metrics.parquet && snakemake --cores all")
+        assert {p: md5(res / p) for p in kept} == kept
     damaged.unlink()
     sh([str(BIN / "snakemake"), "--cores", "2", "--configfile", "studies/smoke.yaml"], workdir)
     assert {p: md5(res / p) for p in first} == first
@@ -115,3 +123,48 @@ def test_smoke_study_snakemake_then_dvc(workdir):
     bad = subprocess.run([str(BIN / "dvc"), "repro"], cwd=workdir, env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "train.thread: unknown key" in bad.stdout + bad.stderr
     assert (workdir / "dvc.lock").read_bytes() == lock
+
+
+def kill_after(cmd, path, cwd):
+    """Start `cmd`, SIGKILL it once `path` exists (a run killed after its first checkpoint)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not path.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert path.exists(), "no checkpoint before the kill"
+
+
+def test_stale_checkpoint_is_not_resumed_by_either_engine(workdir):
+    """The issue's scenario through each engine: kill a run after a checkpoint, change
+    corrupt.seed, rerun. The engine rebuilds the label table; the run must start afresh, say why
+    in its log, and give the table of a run never killed (not the old labels' rows)."""
+    sh(["git", "init", "-q"], workdir)
+    sh([str(BIN / "dvc"), "init", "-q"], workdir)
+    run = "sgd_c0_noise0.5_seed0"
+    train = [PY, "stages/train.py", "--params", "params.yaml", "--data", "data/prepared/synthetic.pt",
+             "--labels", "data/corrupt/noise=0.5.parquet", "--difficulty", "results/difficulty.parquet",
+             "--noise", "0.5", "--optimizer", "sgd", "--clip", "0", "--seed", "0"]
+    ckpt, log = workdir / "results" / "checkpoints" / f"{run}.pt", workdir / "results" / "logs" / "train" / f"{run}.log"
+    inputs = {"snakemake": [str(BIN / "snakemake"), "--cores", "2", "data/corrupt/noise=0.5.parquet",
+                            "results/difficulty.parquet"],
+              "dvc": [str(BIN / "dvc"), "repro", "corrupt", "difficulty"]}
+    finish = {"snakemake": [str(BIN / "snakemake"), "--cores", "2"], "dvc": [str(BIN / "dvc"), "repro"]}
+    for engine, (before, after) in (("snakemake", (0, 1)), ("dvc", (1, 0))):
+        p = tiny_params(steps=3000, checkpoint_every=100, batch_size=30,
+                        shares={"steps": 400, "nulls": 2})  # shares: its tracker state is checkpointed too
+        p["corrupt"].update(noise=[0.5], seed=before)
+        p["difficulty"]["subset_steps"] = 20
+        write_params(workdir / "params.yaml", p)
+        sh(inputs[engine], workdir)
+        kill_after([*train, "--out", f"results/runs/{run}", "--log", f"results/logs/train/{run}.log"], ckpt, workdir)
+        p["corrupt"]["seed"] = after
+        write_params(workdir / "params.yaml", p)
+        sh(finish[engine], workdir)
+        text = log.read_text()
+        assert "resumed" not in text, engine
+        assert f"starting afresh: checkpoint results/checkpoints/{run}.pt was made with other input labels" in text
+        sh([*train, "--out", "ref", "--checkpoint", "ref.ckpt"], workdir)  # the same run, never killed
+        assert md5(workdir / "results" / "runs" / run / "metrics.parquet") == md5(workdir / "ref" / "metrics.parquet"), engine
+        assert not ckpt.exists()

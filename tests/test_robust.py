@@ -2,6 +2,7 @@
 (torch.median of stacks, full sorts, torch.func per-example gradients, manual updates)."""
 
 import copy
+import os
 
 import pytest
 import torch
@@ -63,6 +64,21 @@ def test_medians_in_place_eager_and_compiled_agree_exactly(compiled):
     no_scratch = robust._medians_(a, [t.clone() for t in b], c)
     for e, f, t, n in zip(expected, fused, three_pass, no_scratch):
         assert torch.equal(f, e) and torch.equal(t, e) and torch.equal(n, e)
+
+
+def test_auto_compiles_medians_only_for_models_above_the_size_floor():
+    small = [torch.zeros(robust.MEDIANS_COMPILE_MIN - 10), torch.zeros(9)]
+    big = small + [torch.zeros(1)]  # exactly the floor
+    try:
+        robust.set_compile("auto")
+        assert not robust._compile_medians(small) and robust._compile_medians(big)
+        assert not robust._compile_medians([])
+        robust.set_compile("1")  # forced: every size
+        assert robust._compile_medians(small)
+        robust.set_compile("0")
+        assert not robust._compile_medians(big)
+    finally:
+        robust.set_compile(os.environ.get("CGLIB_COMPILE", "auto"))
 
 
 # ------------------------------------------------------------------ winsorized_mean ---------
