@@ -130,8 +130,9 @@ SPELLINGS = {  # text appended to the tiny study's params → the message, or No
 
 
 def spelled(tmp_path, text):
-    """The tiny study with its train section replaced by `text` (merged when it is a mapping)."""
-    base = tiny_params()
+    """The tiny study, every key spelled out (as DVC needs), with its train section replaced by
+    `text` (merged when it is a mapping)."""
+    base = config.validate(tiny_params())
     if not text:
         path = tmp_path / "p.yaml"
         path.write_text("")
@@ -143,7 +144,7 @@ def spelled(tmp_path, text):
 
 
 @pytest.mark.parametrize("case", sorted(SPELLINGS))
-def test_params_spellings_same_verdict_in_stages_and_snakemake(tmp_path, workdir, case):
+def test_params_spellings_same_verdict_in_stages_snakemake_and_dvc(tmp_path, workdir, case):
     text, message = SPELLINGS[case]
     params = spelled(tmp_path, text)
     stage = run_stage("validate", "--params", params, "--out", tmp_path / "ok")
@@ -164,3 +165,21 @@ def test_params_spellings_same_verdict_in_stages_and_snakemake(tmp_path, workdir
             assert any(lines[i].startswith("  lr: ") for i in (line - 2, line - 1))
         assert not (tmp_path / "ok").exists()
         assert sm.returncode == 2 and message in sm.stderr, sm.stderr[-2000:]
+    # DVC: its own YAML 1.2 reader first, then the validate stage, first in the DAG
+    subprocess.run(["git", "init", "-q"], cwd=workdir, check=True)
+    subprocess.run([str(Path(PY).parent / "dvc"), "init", "-q"], cwd=workdir, check=True)
+    dvc = subprocess.run([str(Path(PY).parent / "dvc"), "repro", "validate"], cwd=workdir, capture_output=True,
+                         text=True, env=dict(os.environ, PATH=f"{Path(PY).parent}{os.pathsep}{os.environ['PATH']}"),
+                         timeout=300)
+    said = dvc.stdout + dvc.stderr
+    if message is None:
+        assert dvc.returncode == 0 and (workdir / "results" / "params.ok").is_file(), said[-2000:]
+        return
+    assert dvc.returncode != 0 and not (workdir / "results" / "params.ok").exists(), said[-2000:]
+    assert not (workdir / "dvc.lock").exists()
+    if case in ("duplicated key", "YAML syntax error"):  # DVC's reader: file and line
+        assert "params.yaml" in said and re.search(r"line \d+", said), said[-2000:]
+    elif case == "empty file":  # DVC cannot expand its stages from an empty file
+        assert "Could not find" in said, said[-2000:]
+    else:
+        assert f"params error: {message}" in said, said[-2000:]
