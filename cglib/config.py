@@ -76,7 +76,11 @@ def _cross_checks(p: dict) -> None:
         if label in seen:
             raise ParamsError(f"{key}: duplicate optimizer {opt['name']} with clip {opt['clip']}")
         seen.add(label)
-        if opt["name"] == "winsorized" and 2 * opt["clip"] >= batch:
+        if opt["name"] == "winsorized" and t["winsorize_reading"] == "percentile":
+            if opt["clip"] > 50:
+                raise ParamsError(f"{key}.clip: {opt['clip']} must be <= 50 (percent; "
+                                  "train.winsorize_reading is percentile)")
+        elif opt["name"] == "winsorized" and 2 * opt["clip"] >= batch:
             raise ParamsError(f"{key}.clip: {opt['clip']} must be < batch_size/2 = {batch / 2:g}")
         if opt["name"] != "winsorized" and opt["clip"] != 0:
             raise ParamsError(f"{key}.clip: only winsorized clips; {opt['name']} needs clip 0")
@@ -233,7 +237,8 @@ def steps_of(params: dict, subset: str = "full") -> int:
 STAGE_KEYS = {
     "prepare": ["data"],
     "corrupt": ["corrupt.seed"],
-    "train": ["model", "train.base", "train.lr", "train.momentum", "train.weight_decay",
+    "train": ["model", "train.base", "train.lr", "train.rolling_warmup", "train.winsorize_reading",
+              "train.momentum", "train.weight_decay",
               "train.lr_schedule", "train.lr_milestones", "train.lr_gamma", "train.batch_size",
               "train.steps", "train.eval_per_decade", "train.eval_train_sample", "train.coherence",
               "train.shares", "difficulty.el2n_epoch"],

@@ -93,49 +93,84 @@ def _medians_into(a: list[Tensor], b: list[Tensor], c: list[Tensor]) -> None:
 _ROWS = 10  # rows fused per compiled call: more = fewer calls but a longer first compile
 
 
-def winsorized_mean(g: Tensor, c: int) -> Tensor:
+def winsorized_mean(g: Tensor, c) -> Tensor:
     """Winsorized mean over dim 0 of ``g`` (B, ...): per coordinate, clip every value to
-    [(c+1)-th smallest, (c+1)-th largest] across the batch, then average. c = 0 is the mean."""
-    B = _check_clip(c, g.shape[0] if g.dim() else 0)
+    [(c+1)-th smallest, (c+1)-th largest] across the batch, then average. c = 0 is the mean;
+    c = (lo, hi) clips lo values from below and hi from above (see ``percentile_counts``)."""
+    B, counts = _check_clip(c, g.shape[0] if g.dim() else 0)
     if not g.is_floating_point():
         raise ValueError(f"winsorized_mean needs a floating-point tensor, got {g.dtype}")
-    if c == 0:
+    if counts == (0, 0):
         return g.mean(0)
     return winsorized_means([("dense", (g.reshape(B, -1),))], c)[0].reshape(g.shape[1:])
 
 
-def winsorized_outer_mean(delta: Tensor, act: Tensor, c: int) -> Tensor:
+def winsorized_outer_mean(delta: Tensor, act: Tensor, c) -> Tensor:
     """``winsorized_mean(delta[:, :, None] * act[:, None, :], c)`` without forming the
     (B, out, in) tensor: the per-example gradients of a Linear weight in factored form."""
-    B = _check_clip(c, delta.shape[0])
-    if c == 0:
+    B, counts = _check_clip(c, delta.shape[0])
+    if counts == (0, 0):
         return delta.t() @ act / B
     return winsorized_means([("outer", (delta, act))], c)[0]
 
 
-def winsorized_means(sources: list[tuple[str, tuple[Tensor, ...]]], c: int) -> list[Tensor]:
+def winsorized_means(sources: list[tuple[str, tuple[Tensor, ...]]], c) -> list[Tensor]:
     """Winsorized means of several sources of B rows each, in one stream: ("dense", (g,)) with
     g of shape (B, n), or ("outer", (delta, act)) for the rows delta_b^T act_b. All sources
     share B, dtype and device. One compiled call per chunk of rows serves them all: a call's
     own cost (guards, dispatch) is paid per chunk, not per chunk and parameter."""
-    B = _check_clip(c, sources[0][1][0].shape[0])
+    B, counts = _check_clip(c, sources[0][1][0].shape[0])
     kinds = tuple(kind for kind, _ in sources)
     srcs = [tuple(src) for _, src in sources]
     if any(s[0].shape[0] != B for s in srcs):
         raise ValueError("winsorized_means: every source needs the same number of rows")
-    if c == 0:
+    if counts == (0, 0):
         return [s[0].mean(0) if k == "dense" else s[0].t() @ s[1] / B for k, s in zip(kinds, srcs)]
     shapes = [(s[0].shape[1],) if k == "dense" else (s[0].shape[1], s[1].shape[1])
               for k, s in zip(kinds, srcs)]
     with torch.no_grad():
-        return _stream(kinds, srcs, shapes, c)
+        return _stream(kinds, srcs, shapes, counts)
 
 
-def _check_clip(c, B: int) -> int:
-    if isinstance(c, bool) or not isinstance(c, int) or c < 0 or 2 * c >= B:
-        raise ValueError(f"winsorization level c must be an integer with 0 <= c < B/2; "
-                         f"got c={c!r} for batch size B={B}")
-    return B
+READINGS = ("order_statistic", "percentile")
+
+
+def percentile_counts(c: int, B: int) -> tuple[int, int]:
+    """How many of B values the CG reference code clips below and above at level c percent:
+    it clips at ``np.percentile(t, [c, 100 - c], interpolation="nearest")``
+    (google-research coherent_gradients/iclr_2020_paper/utils.py, np_winsorize), i.e. at the
+    sorted values of index round((B-1) c/100) and round((B-1) (100-c)/100), ties to the even
+    index as numpy does. At B = 100 this is (c, c), the order-statistic reading; at B = 20,
+    c = 2 it is (0, 0): no clipping."""
+    if isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= 50:
+        raise ValueError(f"percentile winsorization level must be an integer 0 <= c <= 50, got {c!r}")
+    if B < 1:
+        raise ValueError(f"percentile winsorization needs a batch, got B={B}")
+
+    def nearest(q: float) -> int:  # numpy's "nearest": round half to even
+        virtual = (B - 1) * (q / 100)
+        return int(round(virtual))
+    return nearest(c), (B - 1) - nearest(100 - c)
+
+
+def clip_counts(c: int, B: int, reading: str = "order_statistic") -> tuple[int, int]:
+    """(values clipped below, values clipped above) for winsorization level c at batch B."""
+    if reading == "percentile":
+        return percentile_counts(c, B)
+    if reading != "order_statistic":
+        raise ValueError(f"winsorization reading must be one of {READINGS}, got {reading!r}")
+    _check_clip(c, B)
+    return c, c
+
+
+def _check_clip(c, B: int) -> tuple[int, tuple[int, int]]:
+    """B and (lo, hi) from c = an integer (lo = hi = c) or a pair; lo + hi < B."""
+    pair = tuple(c) if isinstance(c, (tuple, list)) else (c, c)
+    if (len(pair) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in pair)
+            or sum(pair) >= B):
+        raise ValueError(f"winsorization level c must be an integer with 0 <= c < B/2 (or a pair "
+                         f"lo, hi with lo + hi < B); got c={c!r} for batch size B={B}")
+    return B, pair
 
 
 def _rows(kind: str, src: tuple[Tensor, ...]) -> list[Tensor]:
@@ -147,16 +182,17 @@ def _rows(kind: str, src: tuple[Tensor, ...]) -> list[Tensor]:
 
 def _update(kinds, tops, bots, srcs):
     """Insert a chunk of rows of every source into its running lists top (descending) and bot
-    (ascending)."""
+    (ascending); the two may differ in length (percentile reading)."""
     new_tops, new_bots = [], []
     for kind, top, bot, src in zip(kinds, tops, bots, srcs):
         top, bot = list(top), list(bot)
         for x in _rows(kind, src):
             y = x
-            for j in range(len(top) - 1):  # bubble x down the top list, y down the bottom list
+            for j in range(len(top) - 1):  # bubble x down the top list
                 top[j], x = torch.maximum(top[j], x), torch.minimum(top[j], x)
-                bot[j], y = torch.minimum(bot[j], y), torch.maximum(bot[j], y)
             top[-1] = torch.maximum(top[-1], x)
+            for j in range(len(bot) - 1):  # and y down the bottom list
+                bot[j], y = torch.minimum(bot[j], y), torch.maximum(bot[j], y)
             bot[-1] = torch.minimum(bot[-1], y)
         new_tops.append(tuple(top))
         new_bots.append(tuple(bot))
@@ -172,12 +208,13 @@ def _clipped_sum(kinds, accs, los, his, srcs):
     return out
 
 
-def _stream(kinds, srcs, shapes, c):
+def _stream(kinds, srcs, shapes, counts):
     B, ref = srcs[0][0].shape[0], srcs[0][0]
+    lo, hi = counts
     # Finite sentinels rather than +-inf: safe under fast-math compiler flags.
     fin = torch.finfo(ref.dtype)
-    tops = [tuple(ref.new_full(shape, fin.min) for _ in range(c + 1)) for shape in shapes]
-    bots = [tuple(ref.new_full(shape, fin.max) for _ in range(c + 1)) for shape in shapes]
+    tops = [tuple(ref.new_full(shape, fin.min) for _ in range(hi + 1)) for shape in shapes]
+    bots = [tuple(ref.new_full(shape, fin.max) for _ in range(lo + 1)) for shape in shapes]
     compiled = _want_compile(ref.device)
     # (compile this chunk?, its rows of every source). A short last chunk (B=99: 9 rows) is
     # compiled too, a second graph paid once per cache: eagerly it cost a third of the step.
@@ -225,19 +262,24 @@ def _run(fn, compiled: bool, *args):
 
 
 # ---------------------------------------------------------------- gradient transforms -------
-def make_gradient_transform(name: str, clip: int = 0) -> "GradientTransform":
+def make_gradient_transform(name: str, clip: int = 0, warmup: str = "reference",
+                            reading: str = "order_statistic") -> "GradientTransform":
     """A transform whose ``backward(model, x, y)`` sets ``p.grad`` of every trainable parameter
     to the robustly aggregated gradient of the mean cross-entropy loss (same scale as SGD) and
-    returns the detached mean batch loss; then call ``optimizer.step()`` as usual."""
+    returns the detached mean batch loss; then call ``optimizer.step()`` as usual. ``warmup``:
+    RM3 / RA3's first two steps (see ``Rolling``); ``reading``: what the winsorization level
+    means (see ``Winsorized``)."""
     if name not in TRANSFORMS:
         raise ValueError(f"unknown gradient transform {name!r}; expected one of {TRANSFORMS}")
     if name == "winsorized":
         if isinstance(clip, bool) or not isinstance(clip, int) or clip < 0:
             raise ValueError(f"winsorized needs an integer clip >= 0, got {clip!r}")
-        return Winsorized(clip)  # clip < B/2 is checked against each batch
+        return Winsorized(clip, reading)  # clip against B is checked for each batch
     if clip not in (0, None):
         raise ValueError(f"clip={clip!r} only applies to 'winsorized', not {name!r}")
-    return {"sgd": Plain, "m3": M3, "rm3": Rolling, "ra3": Rolling}[name](name)
+    if name in ("rm3", "ra3"):
+        return Rolling(name, warmup)
+    return {"sgd": Plain, "m3": M3}[name](name)
 
 
 class GradientTransform:
@@ -281,15 +323,29 @@ class Plain(GradientTransform):
 
 
 class Winsorized(GradientTransform):
-    """Per coordinate, winsorized mean of the per-example gradients (c = 0 is plain SGD)."""
+    """Per coordinate, winsorized mean of the per-example gradients (c = 0 is plain SGD).
+    reading "order_statistic": clip c values on each side; "percentile": c is a percentage,
+    read as the CG code does (``percentile_counts``)."""
 
-    def __init__(self, clip: int):
+    def __init__(self, clip: int, reading: str = "order_statistic"):
         super().__init__("winsorized", clip)
+        if reading not in READINGS:
+            raise ValueError(f"winsorization reading must be one of {READINGS}, got {reading!r}")
+        self.reading = reading
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "reading": self.reading}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        if state.get("reading", "order_statistic") != self.reading:
+            raise ValueError(f"state of a {state.get('reading')!r} winsorization cannot load into "
+                             f"a {self.reading!r} one")
 
     def backward(self, model, x, y):
-        c, B, params = self.clip, x.shape[0], _trainable(model)
-        _check_clip(c, B)
-        if c == 0:
+        B, params = x.shape[0], _trainable(model)
+        c = clip_counts(self.clip, B, self.reading)
+        if c == (0, 0):
             return _plain_backward(params, model, x, y)[0]
         losses, grads = per_example_grads_factored(model, x, y)
         # One stream per dtype and device: Linear weights as outer products, every other
@@ -335,14 +391,25 @@ class M3(GradientTransform):
         return torch.stack(losses).mean()
 
 
+WARMUPS = ("reference", "partial")
+
+
 class Rolling(GradientTransform):
     """RM3 / RA3: median / mean of this step's minibatch gradient and the previous two steps'
-    raw minibatch gradients. Warm-up: step 0 uses its own gradient, step 1 the mean of the two
-    available (the median of two values is their mean), so RM3 and RA3 share steps 0 and 1.
-    Every backward() call is one step; history is kept by parameter name."""
+    raw minibatch gradients. Every backward() call is one step; history is kept by parameter
+    name. Warm-up, before three gradients exist:
+      "reference": no update at steps 0 and 1 (p.grad is None, so torch optimizers skip the
+          parameter: no momentum or weight-decay change either), as the W&S reference code
+          (coherent_gradients/weak_and_strong/optimizers/rm3.py, ra3.py: the ring buffer fills
+          first); step 2 applies the median / mean of g0, g1, g2, all taken at the initial weights.
+      "partial": step 0 applies g0, step 1 (g0 + g1) / 2 (the median of two values is their
+          mean), so RM3 and RA3 share steps 0 and 1."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, warmup: str = "reference"):
         super().__init__(name)
+        if warmup not in WARMUPS:
+            raise ValueError(f"warm-up must be one of {WARMUPS}, got {warmup!r}")
+        self.warmup = warmup
         self.steps = 0
         self._history: list[dict[str, Tensor]] = []  # raw gradients, most recent first
         self._scratch: dict[str, Tensor] = {}
@@ -352,7 +419,9 @@ class Rolling(GradientTransform):
         loss, grads = _plain_backward(params, model, x, y)
         names = [n for n, _ in params]
         prev = [[_move(h, n, g) for n, g in zip(names, grads)] for h in self._history]
-        if not prev:
+        if len(prev) < 2 and self.warmup == "reference":
+            out = [None] * len(grads)  # the buffer is filling: no update this step
+        elif not prev:
             out = [g.clone() for g in grads]  # p.grad must never alias the history
         elif len(prev) == 1:
             out = [torch.add(g, h1).mul_(0.5) for g, h1 in zip(grads, prev[0])]
@@ -378,12 +447,15 @@ class Rolling(GradientTransform):
 
     def state_dict(self) -> dict:
         # Clones: later steps overwrite history buffers in place.
-        return {**super().state_dict(), "steps": self.steps,
+        return {**super().state_dict(), "steps": self.steps, "warmup": self.warmup,
                 "history": [{n: t.detach().clone() for n, t in h.items()}
                             for h in self._history]}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
+        if state.get("warmup", "partial") != self.warmup:
+            raise ValueError(f"state of a {state.get('warmup', 'partial')!r} warm-up cannot load into "
+                             f"a {self.warmup!r} one")
         self.steps = int(state["steps"])
         self._history = [{n: t.detach().clone() for n, t in h.items()} for h in state["history"]]
         if len(self._history) > 2:

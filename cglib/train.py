@@ -156,7 +156,8 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
     torch.manual_seed(spec["seed"])
     model = build_model(params["model"], data["input_shape"], data["num_classes"]).to(device)
     optimizer = make_optimizer(model, t)
-    transform = make_gradient_transform(spec["optimizer"], spec["clip"])
+    transform = make_gradient_transform(spec["optimizer"], spec["clip"], t["rolling_warmup"],
+                                        t["winsorize_reading"])
     probes = make_probes(params, spec["optimizer"], data, labels, corrupt, log)
 
     eval_idx = fixed_sample(n, t["eval_train_sample"] or n, seed=0, device=device)

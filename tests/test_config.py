@@ -29,6 +29,9 @@ BAD = [  # (mutation of the default params, key the message must name)
      "train.optimizers"),
     (lambda p: p["train"].update(optimizers=[{"name": "rm3", "clip": 2}]), "train.optimizers[0].clip"),
     (lambda p: p["train"].update(lr="fast"), "train.lr"),
+    (lambda p: p["train"].update(winsorize_reading="percentile", optimizers=[{"name": "winsorized", "clip": 51}]),
+     "train.optimizers[0].clip"),
+    (lambda p: p["train"].update(rolling_warmup="none"), "train.rolling_warmup"),
     (lambda p: p["data"].update(n_train=-5), "data.n_train"),
 ]
 
@@ -48,6 +51,17 @@ def test_defaults_are_filled():
     assert p["data"]["dataset"] == "fashion_mnist"
     assert p["corrupt"]["noise"] == [0, 0.25, 0.5, 0.75, 1.0]
     assert p["train"]["optimizers"] == [{"name": "sgd", "clip": 0}]
+
+
+def test_winsorization_level_is_checked_in_its_reading():
+    """At batch 99, c = 50 is a percentage the percentile reading accepts, but 50 values per
+    side are more than the order-statistic reading can clip."""
+    p = default_params()
+    p["train"]["optimizers"] = [{"name": "winsorized", "clip": 50}]
+    with pytest.raises(config.ParamsError, match="must be < batch_size/2"):
+        config.validate(copy.deepcopy(p))
+    p["train"]["winsorize_reading"] = "percentile"
+    assert config.validate(p)["train"]["optimizers"][0]["clip"] == 50
 
 
 def test_every_schema_property_has_description_and_default():

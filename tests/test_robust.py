@@ -101,11 +101,69 @@ def test_winsorized_mean_matches_sort_reference_on_continuous_data(B, c, shape):
     torch.testing.assert_close(winsorized_mean(g, c), sort_winsorized(g, c), **TIGHT)
 
 
-@pytest.mark.parametrize("B", [20, 25])  # 25: two compiled chunks + an eager remainder
+@pytest.mark.parametrize("B", [20, 25])  # 25: two chunks of 10 and a short one of 5
 def test_winsorized_mean_compiled_streaming(compiled, B):
     g = ints(B, 3000, seed=B)
     g[:, 0] = 1.0  # a coordinate where every value ties
     torch.testing.assert_close(winsorized_mean(g, 2), sort_winsorized(g, 2), **TIGHT)
+
+
+def test_percentile_counts_are_the_indices_numpy_nearest_picks():
+    np = pytest.importorskip("numpy")
+    for B in range(1, 301):
+        t = np.arange(B)  # distinct values: the percentile's value is its sorted index
+        for c in range(51):
+            lo, hi = np.percentile(t, [c, 100 - c], method="nearest")
+            assert robust.percentile_counts(c, B) == (int(lo), B - 1 - int(hi)), (B, c)
+    assert robust.percentile_counts(2, 100) == robust.clip_counts(2, 100) == (2, 2)
+    assert robust.percentile_counts(2, 20) == (0, 0) and robust.percentile_counts(2, 256) == (5, 5)
+
+
+def np_winsorize_mean(g, c):
+    """The CG code's np_winsorize over the batch (its last axis there, our first), then the
+    mean: clip at np.percentile(..., [c, 100 - c], interpolation='nearest')."""
+    import numpy as np
+    t = g.double().numpy()
+    lo, hi = np.percentile(t, [c, 100 - c], axis=0, method="nearest", keepdims=True)
+    return torch.from_numpy(np.clip(t, lo, hi).mean(0))
+
+
+@pytest.mark.parametrize("use_compile,B,c", [(False, 20, 2), (False, 20, 8), (False, 256, 2), (False, 256, 13),
+                                             (False, 100, 2), (False, 99, 30),
+                                             (True, 20, 8), (True, 256, 2)])  # compiling: a graph per shape
+def test_both_readings_against_references(use_compile, B, c):
+    """percentile reading = the CG code's np_winsorize; order-statistic reading = a full sort."""
+    robust.set_compile("1" if use_compile else "0")
+    g = torch.randn(B, 300, generator=torch.Generator().manual_seed(B + c), dtype=torch.float64)
+    got = winsorized_mean(g, robust.clip_counts(c, B, "percentile"))
+    torch.testing.assert_close(got, np_winsorize_mean(g, c), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(winsorized_mean(g, robust.clip_counts(c, B)), sort_winsorized(g, c),
+                               rtol=1e-12, atol=1e-12)
+    if B == 20 and c == 2:  # the percentile reading clips nothing here, the other does
+        torch.testing.assert_close(got, g.mean(0), rtol=1e-12, atol=1e-12)
+        assert not torch.allclose(winsorized_mean(g, 2), g.mean(0))
+    assert not robust._compile_failed
+
+
+def test_winsorized_transform_in_the_percentile_reading_matches_torch_func():
+    """The transform's p.grad under reading="percentile" = np_winsorize of torch.func
+    per-example gradients (B = 256, c = 2: 5 values per side)."""
+    from torch.func import functional_call, grad, vmap
+    B, c = 256, 2
+    model = mlp()
+    x, y = batches(1, B=B)[0]
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def loss(ps, xi, yi):
+        return F.cross_entropy(functional_call(model, ps, (xi[None],)), yi[None])
+    per = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    t = make_gradient_transform("winsorized", c, reading="percentile")
+    t.backward(model, x, y)
+    for name, p in model.named_parameters():
+        want = np_winsorize_mean(per[name].reshape(B, -1), c).reshape(p.shape).float()
+        torch.testing.assert_close(p.grad, want, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="winsorization"):
+        make_gradient_transform("winsorized", 2).load_state_dict(t.state_dict())
 
 
 @pytest.mark.parametrize("use_compile", [False, True])
@@ -122,7 +180,7 @@ def test_winsorized_outer_mean_matches_materialized(use_compile):
 @pytest.mark.parametrize("c", [0, 3])
 def test_winsorized_means_of_mixed_sources_in_one_stream(use_compile, c):
     robust.set_compile("1" if use_compile else "0")
-    B = 23  # two compiled chunks of 10 and an eager remainder of 3
+    B = 23  # two chunks of 10 and a short one of 3
     d1, a1 = ints(B, 6, seed=3, lo=-2, hi=3), ints(B, 9, seed=4, lo=0, hi=3)
     d2, a2 = torch.randn(B, 4, generator=torch.Generator().manual_seed(5)), ints(B, 3, seed=6)
     dense = ints(B, 50, seed=7)
@@ -278,7 +336,7 @@ def test_rolling_transforms_match_reference(name, optim):
                 "adam": lambda ps: torch.optim.Adam(ps, lr=0.01)}[optim]
     data = batches(6)
     model, ref = mlp(), mlp()
-    t = make_gradient_transform(name)
+    t = make_gradient_transform(name, warmup="partial")
     opt = make_opt(model.parameters())
     for x, y in data:
         t.backward(model, x, y)
@@ -289,6 +347,67 @@ def test_rolling_transforms_match_reference(name, optim):
     rolling_reference(name, ref, data, make_opt(ref.parameters()))
     for p, q in zip(model.parameters(), ref.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+class RingBuffer:
+    """The W&S reference optimizers (coherent_gradients/weak_and_strong/optimizers/rm3.py,
+    ra3.py) re-written: per parameter a ring buffer of 3 initialised with clones of the first
+    gradient and a counter; no update until the counter reaches 3; then RM3 steps by
+    sum - min - max of the buffer, RA3 by sum / 3."""
+
+    def __init__(self, params, lr, name):
+        self.params, self.lr, self.name, self.state = list(params), lr, name, {}
+
+    def step(self):
+        for p in self.params:
+            st = self.state.get(p)
+            if st is None:
+                st = self.state[p] = {"buf": [p.grad.clone() for _ in range(3)], "n": 1}
+            else:
+                st["buf"][st["n"] % 3].copy_(p.grad)
+                st["n"] += 1
+            if st["n"] >= 3:
+                a, b, c = st["buf"]
+                agg = (a + b + c - torch.min(torch.min(a, b), c) - torch.max(torch.max(a, b), c)
+                       if self.name == "rm3" else (a + b + c) / 3.0)
+                p.data.add_(agg, alpha=-self.lr)
+
+
+@pytest.mark.parametrize("name", ["rm3", "ra3"])
+def test_reference_warmup_matches_the_reference_ring_buffer_over_ten_steps(name):
+    data, lr = batches(10), 0.2
+    model, ref = mlp(), mlp()
+    t = make_gradient_transform(name)  # the default warm-up is the reference's
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    ring = RingBuffer(ref.parameters(), lr, name)
+    start = [p.detach().clone() for p in model.parameters()]
+    for step, (x, y) in enumerate(data):
+        opt.zero_grad()
+        t.backward(model, x, y)
+        opt.step()
+        for p in ref.parameters():
+            p.grad = None
+        F.cross_entropy(ref(x), y).backward()
+        ring.step()
+        for p, q in zip(model.parameters(), ref.parameters()):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+        moved = any(not torch.equal(p, s) for p, s in zip(model.parameters(), start))
+        assert moved == (step >= 2), step  # steps 0 and 1 fill the buffer, nothing else
+
+
+def test_reference_warmup_leaves_momentum_and_weight_decay_untouched():
+    model = mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.1)
+    start = [p.detach().clone() for p in model.parameters()]
+    t = make_gradient_transform("rm3")
+    for x, y in batches(2):
+        t.backward(model, x, y)
+        opt.step()
+    assert all(torch.equal(p, s) for p, s in zip(model.parameters(), start))
+    assert not opt.state or all("momentum_buffer" not in v or v["momentum_buffer"] is None
+                                for v in opt.state.values())
+    with pytest.raises(ValueError, match="warm-up"):
+        make_gradient_transform("rm3", warmup="partial").load_state_dict(t.state_dict())
 
 
 @pytest.mark.parametrize("name", ["rm3", "m3"])
