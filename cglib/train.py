@@ -32,12 +32,18 @@ EXPERIMENT_OF = {"sgd": "E1", "winsorized": "E3", "m3": "E4", "rm3": "E4", "ra3"
 
 def eval_steps(total: int, per_decade: int = 9) -> list[int]:
     """0, then per decade [10^k, 10^(k+1)) the multiples 1..9 (per_decade=9, as the CG code
-    logged), thinned to `per_decade` evenly spaced multipliers; always ends with `total`."""
-    mults = sorted({1 + round(j * 9 / per_decade) for j in range(per_decade)})
+    logged), thinned to `per_decade` evenly spaced multipliers below 9; above 9 the multipliers
+    1 + 9j/per_decade fall between them (18: 1, 1.5, 2, ...; 90: 1, 1.1, ...), each point
+    rounded to a whole step, so the first decade (steps 1-9) never has more than 9. Always ends
+    with `total`."""
+    if per_decade <= 9:
+        mults = sorted({1 + round(j * 9 / per_decade) for j in range(per_decade)})
+    else:
+        mults = [1 + j * 9 / per_decade for j in range(per_decade)]
     steps = {0, total}
     decade = 1
     while decade <= total:
-        steps.update(m * decade for m in mults if m * decade <= total)
+        steps.update(s for s in (round(m * decade) for m in mults) if s <= total)
         decade *= 10
     return sorted(steps)
 

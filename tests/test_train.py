@@ -20,6 +20,21 @@ def test_eval_steps_log_spaced():
     assert {1, 4, 7, 10, 40, 70, 100} <= set(s)
 
 
+@pytest.mark.parametrize("per_decade", [10, 18, 45, 90])
+def test_eval_steps_above_nine_per_decade_add_points(per_decade):
+    """Every decade past the first holds exactly per_decade points (the first, steps 1-9, at
+    most 9); 90 is every 10th step from 100 on."""
+    s = eval_steps(100_000, per_decade)
+    for lo in (10, 100, 1000, 10_000):
+        inside = [x for x in s if lo <= x < 10 * lo]
+        assert len(inside) == per_decade, lo
+    if per_decade % 9 == 0:  # the CG points stay, others fall between them
+        assert set(eval_steps(100_000, 9)) < set(s)
+    assert set(range(1, 10)) <= set(s) and s[-1] == 100_000
+    if per_decade == 90:
+        assert [x for x in s if 100 <= x < 1000] == list(range(100, 1000, 10))
+
+
 def test_lr_schedules():
     t = dict(lr=0.1, lr_schedule="step", lr_milestones=[10, 20], lr_gamma=0.1, steps=30)
     assert [round(lr_at(s, t), 6) for s in (0, 9, 10, 19, 20, 29)] == [0.1, 0.1, 0.01, 0.01, 0.001, 0.001]
