@@ -167,6 +167,32 @@ def prime_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -
     return model
 
 
+def prime_batchnorm_mc(model: nn.Module, batches) -> int:
+    """MC appendix B: "priming the moving averages in the BN layers by running 40 steps without
+    updating any trainable parameters (or momentum values) with a no-op optimizer". Each input
+    batch of `batches` is one forward pass in training mode under no_grad, so BatchNorm updates
+    its running averages with its own momentum, exactly as a training step would, and nothing
+    else changes (train/eval flags restored; dropout draws from a forked generator). Unlike
+    `prime_batchnorm` the statistics are kept: later eval-mode measurements use them, and
+    training goes on updating them. Returns the number of passes (0 without BatchNorm)."""
+    if not _batchnorms(model):
+        return 0
+    flags = [(mod, mod.training) for mod in model.modules()]
+    device = _device(model)
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    passes = 0
+    try:
+        model.train()
+        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+            for xb in batches:
+                model(xb.to(device, non_blocking=True))
+                passes += 1
+    finally:
+        for mod, flag in flags:
+            mod.training = flag
+    return passes
+
+
 @contextlib.contextmanager
 def measuring(model: nn.Module, x: torch.Tensor, prime_bn: bool, batch_size: int):
     """Eval mode for per-example measurements on x; with prime_bn, on BatchNorm statistics

@@ -90,11 +90,11 @@ def _cross_checks(p: dict) -> None:
         raise ParamsError(f"train.batch_size: {batch} exceeds data.n_train = {data['n_train']}")
     if any(m >= t["steps"] for m in t["lr_milestones"]):
         raise ParamsError(f"train.lr_milestones: every milestone must be < train.steps = {t['steps']}")
-    if p["model"]["name"] == "resnet18" and any(o["name"] == "winsorized" and o["clip"] for o in t["optimizers"]):
+    if p["model"]["name"] in ("resnet18", "cnn") and any(o["name"] == "winsorized" and o["clip"] for o in t["optimizers"]):
         raise ParamsError("train.optimizers: winsorized needs per-example gradients, which BatchNorm in "
-                          "training mode (resnet18) does not have; use an mlp")
-    if p["model"]["name"] == "resnet18" and data["dataset"] == "synthetic":
-        raise ParamsError("model.name: resnet18 needs an image dataset, not synthetic")
+                          "training mode (resnet18, cnn) does not have; use an mlp")
+    if p["model"]["name"] in ("resnet18", "cnn") and data["dataset"] == "synthetic":
+        raise ParamsError(f"model.name: {p['model']['name']} needs an image dataset, not synthetic")
     _difficulty_checks(p)
 
 
@@ -238,11 +238,12 @@ STAGE_KEYS = {
     "prepare": ["data"],
     "corrupt": ["corrupt.seed"],
     "train": ["model", "train.base", "train.lr", "train.rolling_warmup", "train.winsorize_reading",
-              "train.momentum", "train.weight_decay",
+              "train.bn_priming", "train.bn_prime_steps", "train.momentum", "train.weight_decay",
               "train.lr_schedule", "train.lr_milestones", "train.lr_gamma", "train.batch_size",
               "train.steps", "train.eval_per_decade", "train.eval_train_sample", "train.coherence",
               "train.shares", "difficulty.el2n_epoch"],
-    "train_subset": ["model", "train.base", "train.lr", "train.momentum", "train.weight_decay",
+    "train_subset": ["model", "train.base", "train.lr", "train.bn_priming", "train.bn_prime_steps",
+                     "train.momentum", "train.weight_decay",
                      "train.lr_schedule", "train.lr_milestones", "train.lr_gamma", "train.batch_size",
                      "train.steps", "train.eval_per_decade", "train.eval_train_sample", "train.coherence",
                      "train.shares", "difficulty.el2n_epoch", "difficulty.subset_steps"],

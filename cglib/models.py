@@ -1,4 +1,5 @@
-"""Networks of the papers: the CG fully connected net and a ResNet-18 for 32×32 inputs."""
+"""Networks of the papers: the CG fully connected net, a small BatchNorm CNN (MC's setting at
+laptop scale) and a ResNet-18 for 32×32 inputs."""
 from __future__ import annotations
 
 import math
@@ -21,6 +22,23 @@ def mlp(input_shape: tuple, hidden: list[int], num_classes: int) -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
+def cnn(input_shape: tuple, channels: list[int], num_classes: int) -> nn.Sequential:
+    """Per block: 3×3 conv (no bias: BatchNorm's shift replaces it) → BatchNorm → ReLU → 2×2
+    max-pool; then global average pooling and one linear layer. MC §4 measures m-coherence on
+    BatchNorm networks (ResNet-50); this keeps BatchNorm and convolutions at a size a CPU trains
+    in minutes. Default PyTorch init, as torchvision's ResNets."""
+    if len(input_shape) != 3:
+        raise ValueError(f"cnn needs image inputs (C, H, W), got shape {input_shape}")
+    layers: list[nn.Module] = []
+    c_in = input_shape[0]
+    for c_out in channels:
+        layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                   nn.ReLU(), nn.MaxPool2d(2)]
+        c_in = c_out
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
+    return nn.Sequential(*layers)
+
+
 def resnet18(input_shape: tuple, num_classes: int) -> nn.Module:
     """torchvision ResNet-18 adapted to small images: 3×3 stride-1 stem, no max-pool.
 
@@ -38,6 +56,8 @@ def resnet18(input_shape: tuple, num_classes: int) -> nn.Module:
 def build_model(model_params: dict, input_shape: tuple, num_classes: int) -> nn.Module:
     if model_params["name"] == "mlp":
         return mlp(input_shape, model_params["hidden"], num_classes)
+    if model_params["name"] == "cnn":
+        return cnn(input_shape, model_params["channels"], num_classes)
     if model_params["name"] == "resnet18":
         if len(input_shape) != 3:
             raise ValueError(f"resnet18 needs image inputs (C, H, W), got shape {input_shape}")

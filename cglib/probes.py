@@ -24,8 +24,8 @@ from cglib.shares import LossShareTracker
 class CoherenceProbe:
     """m-coherence of per-example gradients, whole model and per parameter-owning module."""
 
-    def __init__(self, cfg: dict, x_train, y_train, x_test, y_test):
-        self.cfg = cfg
+    def __init__(self, cfg: dict, x_train, y_train, x_test, y_test, prime_bn: bool = False):
+        self.cfg, self.prime_bn = cfg, prime_bn  # prime_bn: re-estimate BatchNorm per measurement
         self.samples = {}
         for split, x, y, seed in (("train", x_train, y_train, cfg["seed"]), ("test", x_test, y_test, cfg["seed"] + 1)):
             size = cfg[f"{split}_sample"]
@@ -39,7 +39,7 @@ class CoherenceProbe:
         out = []
         for split, (x, y) in self.samples.items():
             stats = model_coherence_stats(model, x, y, chunk_size=self.cfg["chunk_size"],
-                                          prime_bn=self.cfg["prime_bn"])
+                                          prime_bn=self.prime_bn)
             for layer, s in stats.items():
                 out += [dict(split=split, layer=layer or "root", metric="m_coherence", value=s.m_coherence),
                         dict(split=split, layer=layer or "root", metric="alpha", value=s.alpha)]
@@ -55,11 +55,11 @@ class CoherenceProbe:
 class ShareProbe:
     """f^p, f^c, i^p, i^c on the whole training set, real designation (null −1) and K nulls."""
 
-    def __init__(self, cfg: dict, x_train, labels, corrupt, log=print):
+    def __init__(self, cfg: dict, x_train, labels, corrupt, log=print, prime_bn: bool = False):
         self.steps = cfg["steps"]
         self.x, self.y = x_train, labels
         self.tracker = LossShareTracker(~corrupt.bool().cpu(), k_nulls=cfg["nulls"], seed=cfg["seed"],
-                                        chunk_size=cfg["chunk_size"])
+                                        chunk_size=cfg["chunk_size"], prime_bn=prime_bn)
         if self.tracker.note:
             log(f"loss-reduction shares: {self.tracker.note}")
 
@@ -140,11 +140,14 @@ def make_probes(params: dict, optimizer: str, data: dict, labels, corrupt, log=p
     train_params = params["train"]
     probes = {}
     coh = train_params["coherence"]
+    # train.bn_priming: mc primes once before step 0 (cglib.train), then measures on training's
+    # own statistics; per_measurement re-estimates them on each measured sample
+    prime_bn = train_params["bn_priming"] == "per_measurement"
     if coh["train_sample"] or coh["test_sample"]:
-        probes["coherence"] = CoherenceProbe(coh, data["x_train"], labels, data["x_test"], data["y_test"])
+        probes["coherence"] = CoherenceProbe(coh, data["x_train"], labels, data["x_test"], data["y_test"], prime_bn)
     shares = train_params["shares"]
     if shares["steps"] and optimizer in shares["optimizers"] and corrupt is not None:
-        probes["shares"] = ShareProbe(train_params["shares"], data["x_train"], labels, corrupt, log)
+        probes["shares"] = ShareProbe(train_params["shares"], data["x_train"], labels, corrupt, log, prime_bn)
     probes["scores"] = ScoreProbe(data["x_train"], labels, train_params["batch_size"],
                                   params["difficulty"]["el2n_epoch"], data["num_classes"], coh["chunk_size"])
     return probes

@@ -20,11 +20,15 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cglib import tables
+from cglib.coherence import prime_batchnorm_mc
 from cglib.data import fixed_sample
 from cglib.models import build_model, logits
 from cglib.probes import make_probes
 from cglib.robust import make_gradient_transform
 
+# BatchNorm priming draws its minibatches with this offset on the run's seed: its own stream,
+# so training sees the same minibatches with or without priming
+BN_PRIME_SEED_OFFSET = 200_000
 EXPERIMENT_OF = {"sgd": "E1", "winsorized": "E3", "m3": "E4", "rm3": "E4", "ra3": "E4"}
 
 
@@ -191,6 +195,12 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
         rows, start = ckpt["rows"], ckpt["step"]
         resumed_at = start  # its measurements are already in the checkpoint
         log(f"resumed from {checkpoint} at step {start}")
+    elif t["bn_priming"] == "mc":  # MC appendix B; a resumed run has its statistics in the checkpoint
+        seed, cache = spec["seed"] + BN_PRIME_SEED_OFFSET, {}
+        batches = (data["x_train"][batch_indices(k, n, batch, seed, cache).to(device)]
+                   for k in range(t["bn_prime_steps"]))
+        if passes := prime_batchnorm_mc(model, batches):
+            log(f"BatchNorm statistics primed by {passes} no-op steps before step 0 (MC appendix B)")
 
     schedule = set(eval_steps(t["steps"], t["eval_per_decade"]))
     experiment = EXPERIMENT_OF[spec["optimizer"]] if spec.get("subset", "full") == "full" else "E6"

@@ -476,3 +476,71 @@ def test_tracker_state_dict_round_trip_continues_identically():
     assert resumed.steps == tracker.steps == 4
     with pytest.raises(ValueError):
         LossShareTracker(~pristine, k_nulls=2, seed=3).load_state_dict(tracker.state_dict())
+
+
+# ------------------------------------------------------------------ BatchNorm priming (MC app. B)
+def _bn_cnn():
+    from cglib.models import cnn
+    torch.manual_seed(0)
+    return cnn((1, 8, 8), [4, 6], 3)
+
+
+def _func_m_coherence(model, x, y):
+    """m-coherence per module and "all" from torch.func per-example gradients, eval mode."""
+    model.eval()
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = {k: v for k, v in model.named_buffers()}
+
+    def loss(ps, xi, yi):
+        return F.cross_entropy(functional_call(model, (ps, buffers), (xi[None],)), yi[None])
+    per = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    owners = {}
+    for name, g in per.items():
+        owners.setdefault(name.rsplit(".", 1)[0], []).append(g.reshape(len(x), -1))
+    owners["all"] = [g.reshape(len(x), -1) for g in per.values()]
+    out = {}
+    for owner, gs in owners.items():
+        G = torch.cat(gs, 1).double()
+        out[owner] = (G.sum(0).square().sum() / G.square().sum()).item()
+    return out
+
+
+def test_mc_priming_then_e7_equals_torch_func_on_the_model_primed_once_at_any_chunk_size():
+    """MC appendix B: 40 training-mode forward passes on minibatches, nothing else changes; E7
+    then measures in eval mode on those statistics: the torch.func value, whatever the chunk."""
+    from cglib.coherence import prime_batchnorm_mc
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(90, 1, 8, 8, generator=g) * 2 + 0.7, torch.randint(0, 3, (90,), generator=g)
+    batches = [x[torch.randint(0, 90, (15,), generator=g)] for _ in range(40)]
+    model, by_hand = _bn_cnn(), _bn_cnn()
+    by_hand.train()
+    with torch.no_grad():
+        for b in batches:
+            by_hand(b)  # a training step's forward pass, with a no-op optimizer
+    params = copy.deepcopy(dict(model.named_parameters()))
+    model.eval()
+    assert prime_batchnorm_mc(model, iter(batches)) == 40
+    assert not model.training  # its flags are put back
+    for (k, a), b in zip(model.state_dict().items(), by_hand.state_dict().values()):
+        assert torch.equal(a, b), k  # the same running statistics and batch counts
+    assert all(torch.equal(p, params[k]) for k, p in model.named_parameters())
+    assert not torch.equal(model[1].running_mean, torch.zeros(4))  # primed, not the initial 0
+
+    xs, ys = x[:37], y[:37]
+    want = _func_m_coherence(copy.deepcopy(by_hand), xs, ys)
+    for chunk in (5, 16, 1024):
+        got = model_m_coherence(model, xs, ys, chunk_size=chunk, prime_bn=False)
+        assert set(got) == set(want)
+        for k in want:
+            assert got[k] == pytest.approx(want[k], rel=1e-5), (chunk, k)  # float32 gradients
+    # the statistics are training's: measuring leaves them as they were
+    for (k, a), b in zip(model.state_dict().items(), by_hand.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_mc_priming_is_a_no_op_without_batchnorm():
+    from cglib.coherence import prime_batchnorm_mc
+    model = nn.Sequential(nn.Linear(3, 2))
+    before = copy.deepcopy(model.state_dict())
+    assert prime_batchnorm_mc(model, [torch.randn(4, 3)]) == 0
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())

@@ -32,3 +32,15 @@ def test_resnet18_keeps_32x32_resolution():
 def test_device_auto_is_cpu_here_or_cuda():
     assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     assert pick_device("cpu").type == "cpu"
+
+
+def test_cnn_blocks_batchnorm_and_pooling():
+    net = build_model({"name": "cnn", "channels": [16, 32]}, (1, 28, 28), 10)
+    convs = [m for m in net if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.bias) for c in convs] == [(1, 16, None), (16, 32, None)]
+    assert [m.num_features for m in net if isinstance(m, torch.nn.BatchNorm2d)] == [16, 32]
+    assert net(torch.randn(5, 1, 28, 28)).shape == (5, 10)
+    assert sum(p.numel() for p in net.parameters()) == 16 * 9 + 2 * 16 + 32 * 16 * 9 + 2 * 32 + 32 * 10 + 10
+    import pytest
+    with pytest.raises(ValueError, match="image inputs"):
+        build_model({"name": "cnn", "channels": [4]}, (10,), 3)

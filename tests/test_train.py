@@ -208,3 +208,48 @@ def test_truncated_inputs_are_one_line_errors_naming_the_file(tmp_path, damage):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {path}: ") and "rerun the" in last
     assert "checkpoint" not in last and not (tmp_path / "x").exists()
+
+
+def _bn_run(bn_priming):
+    """A 45-step run of a tiny BatchNorm CNN on made-up 8×8 images, in-process."""
+    from cglib.train import train_run
+    p = config.validate(tiny_params(steps=45, batch_size=15, eval_per_decade=9, bn_priming=bn_priming,
+                                    coherence={"train_sample": 30, "test_sample": 20, "chunk_size": 7}))
+    p["model"] = {"name": "cnn", "channels": [4, 6]}  # the schema keeps cnn off synthetic data
+    g = torch.Generator().manual_seed(0)
+    data = {"x_train": torch.randn(90, 1, 8, 8, generator=g) + 0.5, "y_train": torch.randint(0, 3, (90,), generator=g),
+            "x_test": torch.randn(40, 1, 8, 8, generator=g), "y_test": torch.randint(0, 3, (40,), generator=g),
+            "input_shape": (1, 8, 8), "num_classes": 3}
+    spec = dict(run="bn", optimizer="sgd", clip=0, noise=0.0, seed=0, subset="full")
+    logs = []
+    out = train_run(p, data, data["y_train"], torch.zeros(90, dtype=torch.bool), spec, log=logs.append,
+                    progress=False)
+    return p, data, pd.DataFrame(out["rows"]), logs
+
+
+def test_bn_priming_mc_in_training_is_the_documented_procedure():
+    """E7 at step 0 of a run = m-coherence of the model built as the run builds it, primed by
+    bn_prime_steps training-mode passes on minibatches of its own seed; the training minibatches
+    (so the weights, which BatchNorm in training mode does not tie to the running statistics)
+    are those of an unprimed run."""
+    from cglib.coherence import model_m_coherence, prime_batchnorm_mc
+    from cglib.data import fixed_sample
+    from cglib.models import build_model
+    from cglib.train import BN_PRIME_SEED_OFFSET
+    p, data, rows, logs = _bn_run("mc")
+    assert any("primed by 40 no-op steps" in line for line in logs)
+    torch.manual_seed(0)
+    model = build_model(p["model"], (1, 8, 8), 3)
+    cache = {}
+    prime_batchnorm_mc(model, (data["x_train"][batch_indices(k, 90, 15, BN_PRIME_SEED_OFFSET, cache)] for k in range(40)))
+    for split, x, y, seed in (("train", data["x_train"], data["y_train"], 0), ("test", data["x_test"], data["y_test"], 1)):
+        idx = fixed_sample(len(x), 30 if split == "train" else 20, seed)
+        want = model_m_coherence(model, x[idx], y[idx], chunk_size=7)["all"]
+        got = rows[(rows.metric == "m_coherence") & (rows.split == split) & (rows.layer == "all") & (rows.step == 0)]
+        assert got["value"].tolist() == [pytest.approx(want, rel=1e-9)], split
+    _, _, unprimed, logs = _bn_run("none")
+    assert not any("primed" in line for line in logs)
+    e7 = lambda r: r[(r.metric == "m_coherence") & (r.step == 0)]["value"].to_numpy()  # noqa: E731
+    assert not (e7(rows) == e7(unprimed)).all()  # the statistics differ at step 0 ...
+    loss = lambda r: r[(r.metric == "loss") & (r.split == "train")]  # noqa: E731
+    assert len(loss(rows)) == len(loss(unprimed)) > 5
