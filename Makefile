@@ -20,8 +20,9 @@ QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 run: venv dataset
 	$(BIN)/snakemake --cores $(CORES)
 
+# two workers: most tests wait on a subprocess (a stage, an engine), so two run side by side
 test: venv dataset
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2
 
 bench: venv
 	$(BIN)/python -m benchmarks

@@ -55,8 +55,16 @@ class CoherenceProbe:
 class ShareProbe:
     """f^p, f^c, i^p, i^c on the whole training set, real designation (null −1) and K nulls."""
 
-    def __init__(self, cfg: dict, x_train, labels, corrupt, log=print, prime_bn: bool = False):
-        self.steps = cfg["steps"]
+    def __init__(self, cfg: dict, x_train, labels, corrupt, log=print, prime_bn: bool = False,
+                 schedule: list[int] = ()):
+        # measured steps: every one of the first `steps`, then (then_eval) the evaluation steps;
+        # each stands for the steps until the next one in the cumulative i^p, i^c
+        dense = range(cfg["steps"])
+        later = [s for s in schedule if s >= cfg["steps"]] if cfg["then_eval"] and cfg["steps"] else []
+        self.measured = [*dense, *later]
+        self.weight = {s: nxt - s for s, nxt in zip(self.measured, self.measured[1:])}
+        if self.measured:
+            self.weight[self.measured[-1]] = 1  # the last: its own step only
         self.x, self.y = x_train, labels
         self.tracker = LossShareTracker(~corrupt.bool().cpu(), k_nulls=cfg["nulls"], seed=cfg["seed"],
                                         chunk_size=cfg["chunk_size"], prime_bn=prime_bn)
@@ -64,10 +72,10 @@ class ShareProbe:
             log(f"loss-reduction shares: {self.tracker.note}")
 
     def rows(self, step: int, model, scheduled: bool) -> list[dict]:
-        if step >= self.steps:
+        if step not in self.weight:
             return []
         out = []
-        for r in self.tracker.update(model, self.x, self.y):
+        for r in self.tracker.update(model, self.x, self.y, weight=self.weight[step]):
             out += [dict(split="train", metric=k, null=r["null"], value=v, experiment="E2")
                     for k, v in r.items() if k != "null"]
         return out
@@ -134,9 +142,11 @@ class ScoreProbe:
         self.presented.copy_(state["presented"])
 
 
-def make_probes(params: dict, optimizer: str, data: dict, labels, corrupt, log=print) -> dict:
+def make_probes(params: dict, optimizer: str, data: dict, labels, corrupt, log=print,
+                schedule: list[int] = ()) -> dict:
     """The probes a study asks for (`train.coherence`, `train.shares`; the E8 scores always) in
-    a run of `optimizer`. `corrupt` is None in clean-label runs (no shares to split)."""
+    a run of `optimizer`. `corrupt` is None in clean-label runs (no shares to split); `schedule`
+    the run's evaluation steps."""
     train_params = params["train"]
     probes = {}
     coh = train_params["coherence"]
@@ -147,7 +157,8 @@ def make_probes(params: dict, optimizer: str, data: dict, labels, corrupt, log=p
         probes["coherence"] = CoherenceProbe(coh, data["x_train"], labels, data["x_test"], data["y_test"], prime_bn)
     shares = train_params["shares"]
     if shares["steps"] and optimizer in shares["optimizers"] and corrupt is not None:
-        probes["shares"] = ShareProbe(train_params["shares"], data["x_train"], labels, corrupt, log, prime_bn)
+        probes["shares"] = ShareProbe(train_params["shares"], data["x_train"], labels, corrupt, log, prime_bn,
+                                      schedule)
     probes["scores"] = ScoreProbe(data["x_train"], labels, train_params["batch_size"],
                                   params["difficulty"]["el2n_epoch"], data["num_classes"], coh["chunk_size"])
     return probes

@@ -135,7 +135,8 @@ class LossShareTracker:
     """f^p, f^c (point-in-time) and i^p, i^c (cumulative) for the real designation and K nulls.
 
     Call `update(model, x, y)` with the whole training set (same order as `pristine`) at every
-    step t up to the limit, at the weights θ_t before step t's update: i_* sum over every call.
+    step t up to the limit, at the weights θ_t before step t's update: i_* sum over every call
+    (on a sparse schedule, `weight` = the steps a call stands for: a left Riemann sum).
     Rows: {"null": -1 (real) or 0..K-1, "f_pristine", "f_corrupt", "i_pristine", "i_corrupt"}.
     With no corrupt (or no pristine) examples, f is still defined (f^p = 1, f^c = 0, or reverse),
     the undefined i_* key is omitted, null worlds are skipped and `note` says why.
@@ -158,7 +159,9 @@ class LossShareTracker:
         # Σ_t ⟨g_t, g^p_t⟩ and Σ_t ⟨g_t, g^c_t⟩ per designation (row 0 = real), float64 for resume
         self.cum = torch.zeros(1 + len(self.nulls), 2, dtype=torch.float64)
 
-    def update(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> list[dict]:
+    def update(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, weight: int = 1) -> list[dict]:
+        """One measurement; `weight`: how many steps it stands for in i_* (1 when every step is
+        measured; more on a sparse schedule, where i_* becomes a left Riemann sum)."""
         if len(x) != len(self.pristine):
             raise ValueError(f"update needs the whole training set: {len(x)} examples given, "
                              f"{len(self.pristine)} designated")
@@ -167,8 +170,8 @@ class LossShareTracker:
         gg = shares["gg"]
         rows = []
         for k, g_gp in enumerate(shares["g_gp"]):
-            self.cum[k, 0] += g_gp
-            self.cum[k, 1] += gg - g_gp
+            self.cum[k, 0] += weight * g_gp
+            self.cum[k, 1] += weight * (gg - g_gp)
             row = {"null": k - 1}
             if self.n_corrupt == 0 or self.n_pristine == 0:
                 row["f_pristine"] = float(self.n_corrupt == 0)

@@ -168,7 +168,8 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
     optimizer = make_optimizer(model, t)
     transform = make_gradient_transform(spec["optimizer"], spec["clip"], t["rolling_warmup"],
                                         t["winsorize_reading"])
-    probes = make_probes(params, spec["optimizer"], data, labels, corrupt, log)
+    schedule = eval_steps(t["steps"], t["eval_per_decade"])
+    probes = make_probes(params, spec["optimizer"], data, labels, corrupt, log, schedule)
 
     eval_idx = fixed_sample(n, t["eval_train_sample"] or n, seed=0, device=device)
     run = dict(x_eval=data["x_train"][eval_idx], y_eval=labels[eval_idx],
@@ -202,7 +203,7 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
         if passes := prime_batchnorm_mc(model, batches):
             log(f"BatchNorm statistics primed by {passes} no-op steps before step 0 (MC appendix B)")
 
-    schedule = set(eval_steps(t["steps"], t["eval_per_decade"]))
+    schedule = set(schedule)
     experiment = EXPERIMENT_OF[spec["optimizer"]] if spec.get("subset", "full") == "full" else "E6"
     cache: dict = {}
     t0 = time.perf_counter()

@@ -2,6 +2,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -11,8 +12,11 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
 
-def run_stage(stage: str, *args, cwd=ROOT, check=False, timeout=600):
-    """Run stages/<stage>.py as the engines do; returns the CompletedProcess."""
+def run_stage(stage: str, *args, cwd=None, check=False, timeout=600):
+    """Run stages/<stage>.py as the engines do; returns the CompletedProcess. cwd: a fresh
+    temporary folder unless given, so default outputs (results/checkpoints/<run>.pt) of tests
+    running side by side (pytest -n 2) never meet."""
+    cwd = cwd or tempfile.mkdtemp(prefix="stage-")
     env = dict(os.environ, PATH=f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}")
     proc = subprocess.run([PY, str(ROOT / "stages" / f"{stage}.py"), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, env=env, timeout=timeout)
