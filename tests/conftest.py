@@ -1,8 +1,10 @@
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,19 @@ def run_stage(stage: str, *args, cwd=None, check=False, timeout=600):
     if check and proc.returncode != 0:
         raise AssertionError(f"{stage} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
+
+
+def kill_after(cmd, path: Path, cwd=None, linger: float = 0.0) -> None:
+    """Start `cmd`, SIGKILL it `linger` seconds after `path` exists (a run killed after a
+    checkpoint)."""
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not path.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(linger)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert path.exists(), "no checkpoint was written before the kill"
 
 
 def write_params(path: Path, params: dict) -> Path:

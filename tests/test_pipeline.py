@@ -2,9 +2,7 @@
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +10,7 @@ import pandas as pd
 from cglib import config
 from cglib.scores import SCORES
 from cglib.tables import AGGREGATE_OUTPUTS, EXAMPLE_COLUMNS, METRIC_COLUMNS
-from conftest import PY, tiny_params, write_params
+from conftest import PY, kill_after, tiny_params, write_params
 
 BIN = Path(PY).parent
 
@@ -124,17 +122,6 @@ def test_smoke_study_snakemake_then_dvc(workdir):
     bad = subprocess.run([str(BIN / "dvc"), "repro"], cwd=workdir, env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "train.thread: unknown key" in bad.stdout + bad.stderr
     assert (workdir / "dvc.lock").read_bytes() == lock
-
-
-def kill_after(cmd, path, cwd):
-    """Start `cmd`, SIGKILL it once `path` exists (a run killed after its first checkpoint)."""
-    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not path.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert path.exists(), "no checkpoint before the kill"
 
 
 def test_stale_checkpoint_is_not_resumed_by_either_engine(workdir):

@@ -1,8 +1,5 @@
 """The training loop: schedules, determinism, kill-and-resume, divergence."""
 import json
-import signal
-import subprocess
-import time
 
 import pandas as pd
 import pytest
@@ -10,7 +7,7 @@ import torch
 
 from cglib import config
 from cglib.train import batch_indices, eval_steps, lr_at
-from conftest import PY, ROOT, run_stage, tiny_params, write_params
+from conftest import PY, ROOT, kill_after, run_stage, tiny_params, write_params
 
 
 def test_eval_steps_log_spaced():
@@ -86,14 +83,7 @@ def test_sigkill_then_resume_matches_unbroken_run(tmp_path, optimizer, clip, pro
 
     ckpt = tmp_path / "killed.ckpt"
     cmd = [PY, str(ROOT / "stages" / "train.py"), *map(str, train_args(params, tmp_path, "killed", optimizer, clip, ckpt))]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.3)  # let it run past the checkpoint before the kill
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert ckpt.exists(), "no checkpoint was written before the kill"
+    kill_after(cmd, ckpt, linger=0.3)  # let it run past the checkpoint before the kill
     assert not (tmp_path / "killed" / "metrics.parquet").exists()
     saved = torch.load(ckpt, weights_only=False)["step"]
     assert 0 < saved < 3000
@@ -154,22 +144,12 @@ def test_probes_rows_and_noise_zero(tmp_path):
             assert ((f["f_pristine"] + f["f_corrupt"] - 1).abs() < 1e-9).all()
 
 
-def kill_after_checkpoint(cmd, ckpt):
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while not ckpt.exists() and time.time() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert ckpt.exists(), "no checkpoint was written before the kill"
-
-
 def test_checkpoint_of_other_labels_is_not_resumed(tmp_path):
     """Kill a run, change corrupt.seed (a new label table at the same path), rerun: the old
     checkpoint must not be resumed; the run starts afresh, says why, and equals a clean run."""
     params = prepare_tiny(tmp_path, steps=3000, checkpoint_every=100, batch_size=30, **PROBES)
     ckpt = tmp_path / "stale.ckpt"
-    kill_after_checkpoint([PY, str(ROOT / "stages" / "train.py"),
+    kill_after([PY, str(ROOT / "stages" / "train.py"),
                            *map(str, train_args(params, tmp_path, "stale", ckpt=ckpt))], ckpt)
     p = tiny_params(steps=3000, checkpoint_every=100, batch_size=30, **PROBES)
     p["corrupt"]["seed"] = 1
