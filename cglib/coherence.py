@@ -299,7 +299,21 @@ class _Reroute(Exception):
         self.modules = modules
 
 
-def _chunk_stats(model, xc, yc, fast, fallback, params, qualified, add, g_sum):
+LOSSES = ("cross_entropy", "label_part")
+
+
+def _loss_sum(loss: str, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Summed per-example loss of a chunk of logits z. "label_part": mean_k z_k − z_y, whose
+    gradient is the label-dependent part of the cross-entropy gradient: ∂CE/∂z = p − e_y splits
+    into p − u (u uniform; a function of the input alone, the same for any label) and u − e_y."""
+    if loss == "cross_entropy":
+        return F.cross_entropy(z, y, reduction="sum")
+    if loss == "label_part":
+        return (z.mean(1) - z.gather(1, y[:, None]).squeeze(1)).sum()
+    raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+
+def _chunk_stats(model, xc, yc, fast, fallback, params, qualified, add, g_sum, loss_kind="cross_entropy"):
     """One chunk: per-example squared norms via hooks (fast modules) and vmap (fallback
     parameters), each handed to add(p, (n,) tensor); the summed gradient via autograd, added
     into g_sum unless it is None."""
@@ -324,7 +338,7 @@ def _chunk_stats(model, xc, yc, fast, fallback, params, qualified, add, g_sum):
     for mod in fast:
         handles.append(mod.register_forward_hook(forward_hook))
     try:
-        loss = F.cross_entropy(model(xc), yc, reduction="sum")
+        loss = _loss_sum(loss_kind, model(xc), yc)
         # a module called twice sums its contributions inside each example: norms don't add
         reroute = bad | {mod for mod, k in calls.items() if k > 1}
         if reroute:
@@ -343,7 +357,7 @@ def _chunk_stats(model, xc, yc, fast, fallback, params, qualified, add, g_sum):
 
         def example_loss(ps, xi, yi):
             out = functional_call(model, ps, (xi.unsqueeze(0),))
-            return F.cross_entropy(out, yi.unsqueeze(0), reduction="sum")
+            return _loss_sum(loss_kind, out, yi.unsqueeze(0))
 
         with torch.no_grad():  # torch.func.grad ignores the outer no_grad; the rest builds no graph
             per_example = vmap(grad(example_loss), in_dims=(None, 0, 0))(
@@ -352,7 +366,7 @@ def _chunk_stats(model, xc, yc, fast, fallback, params, qualified, add, g_sum):
             add(p, per_example[k].square().reshape(n, -1).sum(1, dtype=torch.float64))
 
 
-def _stream(model, x, y, chunk_size, prime_bn, per_example):
+def _stream(model, x, y, chunk_size, prime_bn, per_example, loss="cross_entropy"):
     """Stream (x, y) through the model in chunks, in eval mode. Returns (owners, params, sq, g_sum):
     float64 sq[p] = Σ_i ‖∇_p ℓ_i‖² and g_sum[p] = Σ_i ∇_p ℓ_i per trainable parameter p; with
     per_example=True instead the (m,) vector sq = Σ_p ‖∇_p ℓ_i‖² and g_sum = None."""
@@ -398,7 +412,7 @@ def _stream(model, x, y, chunk_size, prime_bn, per_example):
 
                     xc = x[s].to(device, non_blocking=True)
                     yc = y[s].to(device, non_blocking=True)
-                    _chunk_stats(model, xc, yc, fast, fallback, params, qualified, add, g_sum)
+                    _chunk_stats(model, xc, yc, fast, fallback, params, qualified, add, g_sum, loss)
                 return owners, params, sq, g_sum
             except _Reroute as err:
                 rerouted |= err.modules
@@ -412,13 +426,15 @@ def per_example_sq_norms(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 def model_coherence_stats(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                          chunk_size: int = 1024, prime_bn: bool = False) -> dict[str, CoherenceStats]:
+                          chunk_size: int = 1024, prime_bn: bool = False,
+                          loss: str = "cross_entropy") -> dict[str, CoherenceStats]:
     """`CoherenceStats` for "all" trainable parameters and for each parameter-owning module
     (qualified name as in model.named_modules(); the root module, if it owns parameters, is "").
-    See `model_m_coherence` for the conventions."""
+    loss="label_part": of the label-dependent part of the gradients only (`_loss_sum`). See
+    `model_m_coherence` for the conventions."""
     if "all" in _owners(model):
         raise ValueError('a module named "all" collides with the whole-model key')
-    owners, params, sq_sums, g_sum = _stream(model, x, y, chunk_size, prime_bn, per_example=False)
+    owners, params, sq_sums, g_sum = _stream(model, x, y, chunk_size, prime_bn, per_example=False, loss=loss)
 
     def stats(ps) -> CoherenceStats:
         num = sum(g_sum[p].square().sum().item() for p in ps)

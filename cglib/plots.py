@@ -80,26 +80,31 @@ def _finish(fig, axes, ylabel: str, path, fontsize: int) -> None:
 
 def coherence_curves(metrics: pd.DataFrame, path) -> None:
     """E7 (MC Fig. 3 style): m-coherence over steps, one panel per layer ("all" first),
-    one line per noise level; solid = train sample, dashed = test sample (SGD runs, seed mean)."""
-    coh = metrics[(metrics["metric"] == "m_coherence") & (metrics["experiment"] == "E7")
+    one line per noise level; solid = train sample, dashed = test sample (SGD runs, seed mean).
+    A second row, when measured: the label-dependent part of the gradients alone."""
+    coh = metrics[metrics["metric"].isin(["m_coherence", "m_coherence_label"]) & (metrics["experiment"] == "E7")
                   & (metrics["subset"] == "full")]
-    if coh.empty:
+    if coh.empty or not (coh["metric"] == "m_coherence").any():
         return _empty(path, "m-coherence (train.coherence)")
     coh = _prefer_sgd(coh)
     layers = ["all"] + sorted(set(coh["layer"]) - {"all"})
     noises = sorted(coh["noise"].unique())
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.4 * len(layers), 3), squeeze=False)
-    for ax, layer in zip(axes[0], layers):
-        for i, noise in enumerate(noises):
-            for split, style in (("train", "-"), ("test", "--")):
-                c = coh[(coh["layer"] == layer) & (coh["noise"] == noise) & (coh["split"] == split)]
-                curve = c.groupby("step")["value"].mean()
-                if not curve.empty:
-                    ax.plot(curve.index, curve.values, color=f"C{i}", linestyle=style,
-                            label=f"ε={noise:g} {split}")
-        ax.set_xscale("symlog", linthresh=10)
-        ax.set_yscale("log")
-        ax.set_title(f"layer {layer}")
+    kinds = [k for k in ("m_coherence", "m_coherence_label") if (coh["metric"] == k).any()]
+    fig, axes = plt.subplots(len(kinds), len(layers), figsize=(3.4 * len(layers), 3 * len(kinds)),
+                             squeeze=False)
+    for row, kind in zip(axes, kinds):
+        for ax, layer in zip(row, layers):
+            for i, noise in enumerate(noises):
+                for split, style in (("train", "-"), ("test", "--")):
+                    c = coh[(coh["metric"] == kind) & (coh["layer"] == layer) & (coh["noise"] == noise)
+                            & (coh["split"] == split)]
+                    curve = c.groupby("step")["value"].mean()
+                    if not curve.empty:
+                        ax.plot(curve.index, curve.values, color=f"C{i}", linestyle=style,
+                                label=f"ε={noise:g} {split}")
+            ax.set_xscale("symlog", linthresh=10)
+            ax.set_yscale("log")
+            ax.set_title(f"layer {layer}" + (": label part" if kind == "m_coherence_label" else ""))
     _finish(fig, axes, "m-coherence", path, fontsize=6)
 
 

@@ -43,6 +43,11 @@ class CoherenceProbe:
             for layer, s in stats.items():
                 out += [dict(split=split, layer=layer or "root", metric="m_coherence", value=s.m_coherence),
                         dict(split=split, layer=layer or "root", metric="alpha", value=s.alpha)]
+            if self.cfg["label_part"]:  # the label-dependent part alone (cglib.coherence._loss_sum)
+                label = model_coherence_stats(model, x, y, chunk_size=self.cfg["chunk_size"],
+                                              prime_bn=self.prime_bn, loss="label_part")
+                out += [dict(split=split, layer=layer or "root", metric="m_coherence_label", value=s.m_coherence)
+                        for layer, s in label.items()]
         return [dict(r, experiment="E7") for r in out]
 
     def state_dict(self) -> dict:

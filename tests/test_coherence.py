@@ -577,3 +577,30 @@ def test_share_probe_dense_then_sparse_schedule_weights_i_by_the_steps_each_stan
     val = lambda rows: {(r["metric"], r["null"]): r["value"] for r in rows}  # noqa: E731
     for key, v in val(last_dense).items():
         assert val(last)[key] == pytest.approx(v, rel=1e-9), key
+
+
+def test_label_part_coherence_is_that_of_the_label_dependent_gradients():
+    """loss="label_part" measures the gradients of mean_k z_k − z_y, torch.func's value, and
+    those are the cross-entropy gradients minus the gradients against a uniform target (the
+    part that does not depend on the label)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(7, 9), nn.ReLU(), nn.Linear(9, 4))
+    g = _gen(4)
+    x, y = torch.randn(50, 7, generator=g) + 1.0, torch.randint(0, 4, (50,), generator=g)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+
+    def per_example(loss):
+        grads = vmap(grad(lambda ps, xi, yi: loss(functional_call(model, ps, (xi[None],))[0], yi)),
+                     in_dims=(None, 0, 0))(params, x, y)
+        return torch.cat([v.reshape(50, -1) for v in grads.values()], 1).double()
+    label = per_example(lambda z, yi: z.mean() - z.gather(0, yi[None]).sum())
+    ce = per_example(lambda z, yi: F.cross_entropy(z[None], yi[None]))
+    uniform = per_example(lambda z, yi: -(torch.log_softmax(z, 0)).mean())
+    torch.testing.assert_close(ce - uniform, label, rtol=1e-5, atol=1e-7)
+    want = (label.sum(0).square().sum() / label.square().sum()).item()
+    for chunk in (7, 64):
+        got = model_coherence_stats(model, x, y, chunk_size=chunk, loss="label_part")
+        assert got["all"].m_coherence == pytest.approx(want, rel=1e-5)
+    assert model_coherence_stats(model, x, y)["all"].m_coherence != pytest.approx(want, rel=1e-3)
+    with pytest.raises(ValueError, match="loss must be one of"):
+        model_coherence_stats(model, x, y, loss="hinge")
