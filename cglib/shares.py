@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jvp
 
-from .coherence import _chunks, _device, measuring
+from .measuring import _chunks, _device, measuring
 
 METHODS = ("auto", "jvp", "backward")
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cglib import tables
-from cglib.coherence import prime_batchnorm_mc
+from cglib.measuring import prime_batchnorm_mc
 from cglib.data import fixed_sample
 from cglib.models import build_model, logits
 from cglib.probes import make_probes

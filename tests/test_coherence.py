@@ -14,8 +14,8 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from cglib.coherence import (alpha, alpha_from_stats, coherence_stats, m_coherence,
-                             m_coherence_from_stats, model_coherence_stats, model_m_coherence,
-                             prime_batchnorm)
+                             m_coherence_from_stats, model_coherence_stats, model_m_coherence)
+from cglib.measuring import prime_batchnorm
 from cglib.shares import LossShareTracker, loss_shares, null_designations
 
 
@@ -508,7 +508,7 @@ def _func_m_coherence(model, x, y):
 def test_mc_priming_then_e7_equals_torch_func_on_the_model_primed_once_at_any_chunk_size():
     """MC appendix B: 40 training-mode forward passes on minibatches, nothing else changes; E7
     then measures in eval mode on those statistics: the torch.func value, whatever the chunk."""
-    from cglib.coherence import prime_batchnorm_mc
+    from cglib.measuring import prime_batchnorm_mc
     g = torch.Generator().manual_seed(3)
     x, y = torch.randn(90, 1, 8, 8, generator=g) * 2 + 0.7, torch.randint(0, 3, (90,), generator=g)
     batches = [x[torch.randint(0, 90, (15,), generator=g)] for _ in range(40)]
@@ -539,7 +539,7 @@ def test_mc_priming_then_e7_equals_torch_func_on_the_model_primed_once_at_any_ch
 
 
 def test_mc_priming_is_a_no_op_without_batchnorm():
-    from cglib.coherence import prime_batchnorm_mc
+    from cglib.measuring import prime_batchnorm_mc
     model = nn.Sequential(nn.Linear(3, 2))
     before = copy.deepcopy(model.state_dict())
     assert prime_batchnorm_mc(model, [torch.randn(4, 3)]) == 0

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from cglib.coherence import model_coherence_stats, per_example_sq_norms, prime_batchnorm
+from cglib.coherence import model_coherence_stats, per_example_sq_norms
+from cglib.measuring import prime_batchnorm
 from cglib.data import make_synthetic
 from cglib.models import mlp
 from cglib.scores import (HARDNESS_SIGN, SCORES, ExampleScores, auroc_corrupt, grand,

@@ -130,7 +130,9 @@ def test_probes_rows_and_noise_zero(tmp_path):
         m = pd.read_parquet(tmp_path / noise / "metrics.parquet")
         assert not m["value"].isna().any()
         e7 = m[m["experiment"] == "E7"]
-        assert set(e7["metric"]) == {"m_coherence", "alpha"} and set(e7["split"]) == {"train", "test"}
+        assert set(e7["metric"]) == {"m_coherence", "alpha", "m_coherence_label"} and set(e7["split"]) == {"train", "test"}
+        per = e7.groupby("metric")[["split", "layer", "step"]].apply(lambda g: sorted(map(tuple, g.to_numpy())))
+        assert per["m_coherence_label"] == per["m_coherence"] == per["alpha"]  # measured alike
         assert {"all", "1", "3"} <= set(e7["layer"])  # whole model and both Linear layers
         assert e7["step"].nunique() == m.loc[m["experiment"] == "E1", "step"].nunique()
         e2 = m[m["experiment"] == "E2"]
@@ -212,7 +214,8 @@ def test_bn_priming_mc_in_training_is_the_documented_procedure():
     bn_prime_steps training-mode passes on minibatches of its own seed; the training minibatches
     (so the weights, which BatchNorm in training mode does not tie to the running statistics)
     are those of an unprimed run."""
-    from cglib.coherence import model_m_coherence, prime_batchnorm_mc
+    from cglib.coherence import model_m_coherence
+    from cglib.measuring import prime_batchnorm_mc
     from cglib.data import fixed_sample
     from cglib.models import build_model
     from cglib.train import BN_PRIME_SEED_OFFSET
