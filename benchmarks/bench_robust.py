@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cglib.pergrad import per_example_grads_reference
-from cglib.robust import _medians_, make_gradient_transform
+from cglib.robust import _medians_
+from cglib.transforms import make_gradient_transform
 
 B = 100
 

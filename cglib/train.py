@@ -24,7 +24,7 @@ from cglib.measuring import prime_batchnorm_mc
 from cglib.data import fixed_sample
 from cglib.models import build_model, logits
 from cglib.probes import make_probes
-from cglib.robust import make_gradient_transform
+from cglib.transforms import make_gradient_transform
 
 # BatchNorm priming draws its minibatches with this offset on the run's seed: its own stream,
 # so training sees the same minibatches with or without priming

@@ -11,7 +11,8 @@ from torch import nn
 
 from cglib import robust
 from cglib.pergrad import per_example_grads_reference
-from cglib.robust import make_gradient_transform, median_of_3, winsorized_mean
+from cglib.robust import median_of_3, winsorized_mean
+from cglib.transforms import make_gradient_transform
 
 TIGHT = dict(rtol=1e-6, atol=1e-6)
 

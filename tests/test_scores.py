@@ -330,7 +330,7 @@ def test_score_probe_records_the_presented_outputs(variant, clip):
     epoch's end; the record handed to ExampleScores equals that slow computation."""
     from cglib.models import build_model
     from cglib.probes import ScoreProbe
-    from cglib.robust import make_gradient_transform
+    from cglib.transforms import make_gradient_transform
     from cglib.train import batch_indices
 
     torch.manual_seed(0)
