@@ -128,6 +128,7 @@ def share_curves(metrics: pd.DataFrame, path) -> None:
                 g = g.sort_values("step")
                 ax.plot(g["step"], g["value"], color="C2" if metric.endswith("pristine") else "C3",
                         linewidth=2 if real else 0.7, alpha=1 if real else 0.6, label=metric if real else None)
+            ax.set_xscale("symlog", linthresh=10)  # dense early steps and the sparse rest alike
             if row == 0:
                 ax.set_title(f"noise {noise:g} (thin: nulls)")
     axes[1][0].set_ylabel("cumulative per example")
