@@ -18,6 +18,7 @@ import yaml
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "params.schema.yaml"
 EXIT_BAD_PARAMS = 2
 OPTIMIZER_NAMES = ("sgd", "winsorized", "m3", "rm3", "ra3")  # gradient variants
+BATCHNORM_MODELS = ("cnn", "resnet18")  # image models with BatchNorm: no per-example gradients in training
 
 
 class ParamsError(ValueError):
@@ -90,10 +91,10 @@ def _cross_checks(p: dict) -> None:
         raise ParamsError(f"train.batch_size: {batch} exceeds data.n_train = {data['n_train']}")
     if any(m >= t["steps"] for m in t["lr_milestones"]):
         raise ParamsError(f"train.lr_milestones: every milestone must be < train.steps = {t['steps']}")
-    if p["model"]["name"] in ("resnet18", "cnn") and any(o["name"] == "winsorized" and o["clip"] for o in t["optimizers"]):
+    if p["model"]["name"] in BATCHNORM_MODELS and any(o["name"] == "winsorized" and o["clip"] for o in t["optimizers"]):
         raise ParamsError("train.optimizers: winsorized needs per-example gradients, which BatchNorm in "
                           "training mode (resnet18, cnn) does not have; use an mlp")
-    if p["model"]["name"] in ("resnet18", "cnn") and data["dataset"] == "synthetic":
+    if p["model"]["name"] in BATCHNORM_MODELS and data["dataset"] == "synthetic":
         raise ParamsError(f"model.name: {p['model']['name']} needs an image dataset, not synthetic")
     _difficulty_checks(p)
 

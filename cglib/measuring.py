@@ -67,28 +67,19 @@ def prime_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -
     if not bns or len(x) == 0:
         return model
     momenta = [bn.momentum for bn in bns]
-    flags = [(mod, mod.training) for mod in model.modules()]
     # near-equal batches: no batch of one example (BatchNorm1d rejects it in train mode), and
     # the cumulative average then weights examples almost equally
     n_batches = max(1, math.ceil(len(x) / batch_size))
     if n_batches > 1 and len(x) % batch_size == 1:
         n_batches = max(1, len(x) // batch_size)
-    device = _device(model)
     try:
         for bn in bns:
             bn.reset_running_stats()
             bn.momentum = None
-        model.train()
-        # fork_rng: train mode may run dropout, whose draws must not shift training's stream
-        cuda = [device.index or 0] if device.type == "cuda" else []
-        with torch.no_grad(), torch.random.fork_rng(devices=cuda):
-            for xb in x.tensor_split(n_batches):
-                model(xb.to(device, non_blocking=True))
+        _train_mode_passes(model, x.tensor_split(n_batches))
     finally:
         for bn, momentum in zip(bns, momenta):
             bn.momentum = momentum
-        for mod, flag in flags:
-            mod.training = flag
     return model
 
 
@@ -102,6 +93,13 @@ def prime_batchnorm_mc(model: nn.Module, batches) -> int:
     training goes on updating them. Returns the number of passes (0 without BatchNorm)."""
     if not _batchnorms(model):
         return 0
+    return _train_mode_passes(model, batches)
+
+
+def _train_mode_passes(model: nn.Module, batches) -> int:
+    """One forward pass per input batch in training mode under no_grad (BatchNorm updates its
+    running statistics, nothing else changes); every module's train/eval flag is restored and
+    dropout draws from a forked generator, so training's random stream is not shifted."""
     flags = [(mod, mod.training) for mod in model.modules()]
     device = _device(model)
     cuda = [device.index or 0] if device.type == "cuda" else []

@@ -64,12 +64,11 @@ class ShareProbe:
                  schedule: list[int] = ()):
         # measured steps: every one of the first `steps`, then (then_eval) the evaluation steps;
         # each stands for the steps until the next one in the cumulative i^p, i^c
-        dense = range(cfg["steps"])
         later = [s for s in schedule if s >= cfg["steps"]] if cfg["then_eval"] and cfg["steps"] else []
-        self.measured = [*dense, *later]
-        self.weight = {s: nxt - s for s, nxt in zip(self.measured, self.measured[1:])}
-        if self.measured:
-            self.weight[self.measured[-1]] = 1  # the last: its own step only
+        measured = [*range(cfg["steps"]), *later]
+        self.weight = {s: nxt - s for s, nxt in zip(measured, measured[1:])}
+        if measured:
+            self.weight[measured[-1]] = 1  # the last: its own step only
         self.x, self.y = x_train, labels
         self.tracker = LossShareTracker(~corrupt.bool().cpu(), k_nulls=cfg["nulls"], seed=cfg["seed"],
                                         chunk_size=cfg["chunk_size"], prime_bn=prime_bn)
