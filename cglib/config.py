@@ -97,6 +97,36 @@ def _cross_checks(p: dict) -> None:
     if p["model"]["name"] in BATCHNORM_MODELS and data["dataset"] == "synthetic":
         raise ParamsError(f"model.name: {p['model']['name']} needs an image dataset, not synthetic")
     _difficulty_checks(p)
+    _mc_checks(p)
+    _replicate_checks(p)
+
+
+def _replicate_checks(p: dict) -> None:
+    """Replicates are more seeds of runs the grid already has: same noise levels, optimizers."""
+    rep, t = p["replicates"], p["train"]
+    for i, noise in enumerate(rep["noise"]):
+        if noise not in p["corrupt"]["noise"]:
+            raise ParamsError(f"replicates.noise[{i}]: {noise} is not one of corrupt.noise")
+    for i, opt in enumerate(rep["optimizers"]):
+        if opt not in t["optimizers"]:
+            raise ParamsError(f"replicates.optimizers[{i}]: {opt['name']} with clip {opt['clip']} is not "
+                              "one of train.optimizers")
+    for i, seed in enumerate(rep["seeds"]):
+        if seed in t["seeds"]:
+            raise ParamsError(f"replicates.seeds[{i}]: {seed} is already in train.seeds (the run would be made twice)")
+
+
+def _mc_checks(p: dict) -> None:
+    mc = p["mc"]
+    for i, noise in enumerate(mc["noise"]):
+        if noise not in p["corrupt"]["noise"]:
+            raise ParamsError(f"mc.noise[{i}]: {noise} is not one of corrupt.noise (no label table for it)")
+    n, batch = p["data"]["n_train"], p["train"]["batch_size"]
+    if mc["noise"] and n and p["difficulty"]["el2n_epoch"] > mc["steps"] // max(1, n // batch):
+        raise ParamsError(f"mc.steps: {mc['steps']} steps end before difficulty.el2n_epoch = "
+                          f"{p['difficulty']['el2n_epoch']}, where every run records EL2N")
+    if mc["noise"] and p["data"]["dataset"] == "synthetic" and mc["model"]["name"] in BATCHNORM_MODELS:
+        raise ParamsError(f"mc.model.name: {mc['model']['name']} needs an image dataset, not synthetic")
 
 
 def _difficulty_checks(p: dict) -> None:
@@ -209,12 +239,20 @@ def subset_run_name(subset: str, seed) -> str:
 
 
 def run_grid(params: dict, subsets: bool = True) -> list[dict]:
-    """One dict per training run: noise × optimizer × seed, then (E6) subset × seed, in a
-    stable order."""
+    """One dict per training run: noise × optimizer × seed, the replicates' extra seeds, then
+    (E6) subset × seed, then the
+    E7 runs in MC's conditions (mc.noise × mc.seeds), in a stable order. `subsets=False` leaves
+    out the E6 runs (the train stage's own grid is noise × optimizer × seed plus mc)."""
     runs = []
     for noise in params["corrupt"]["noise"]:
         for opt in params["train"]["optimizers"]:
             for seed in params["train"]["seeds"]:
+                runs.append(dict(run=run_name(opt["name"], opt["clip"], noise, seed), noise=noise,
+                                 optimizer=opt["name"], clip=opt["clip"], seed=seed, subset="full"))
+    rep = params["replicates"]
+    for noise in rep["noise"]:
+        for opt in rep["optimizers"]:
+            for seed in rep["seeds"]:
                 runs.append(dict(run=run_name(opt["name"], opt["clip"], noise, seed), noise=noise,
                                  optimizer=opt["name"], clip=opt["clip"], seed=seed, subset="full"))
     if subsets:
@@ -222,7 +260,34 @@ def run_grid(params: dict, subsets: bool = True) -> list[dict]:
             for seed in params["train"]["seeds"]:
                 runs.append(dict(run=subset_run_name(subset, seed), noise=0.0, optimizer="sgd", clip=0,
                                  seed=seed, subset=subset))
+    for noise in params["mc"]["noise"]:
+        for seed in params["mc"]["seeds"]:
+            runs.append(dict(run=mc_run_name(noise, seed), noise=noise, optimizer="sgd", clip=0, seed=seed,
+                             subset="full", conditions="mc"))
     return runs
+
+
+def mc_run_name(noise, seed) -> str:
+    """Run id of an E7 run in MC's own conditions (the mc section: a BatchNorm CNN, SGD)."""
+    return f"mc_sgd_c0_noise{noise}_seed{seed}"
+
+
+def mc_params(params: dict) -> dict:
+    """The params an mc run trains with: the study's train section, with the mc section's model,
+    learning rate, momentum and steps; plain SGD at a constant rate without weight decay (MC §5
+    turned it off) and no loss-share tracking (E2 is the main model's)."""
+    mc, t = params["mc"], params["train"]
+    train = {**t, "lr": mc["lr"], "momentum": mc["momentum"], "steps": mc["steps"], "base": "sgd", "weight_decay": 0.0,
+             "lr_schedule": "constant", "lr_milestones": [], "optimizers": [{"name": "sgd", "clip": 0}],
+             "shares": {**t["shares"], "optimizers": []}}
+    return {**params, "model": mc["model"], "train": train}
+
+
+def params_for(params: dict, spec: dict) -> dict:
+    """The params one run of the grid trains with (mc runs and E6 runs differ from the study's)."""
+    if spec.get("conditions") == "mc":
+        return mc_params(params)
+    return {**params, "train": {**params["train"], "steps": steps_of(params, spec.get("subset", "full"))}}
 
 
 def steps_of(params: dict, subset: str = "full") -> int:
@@ -248,6 +313,9 @@ STAGE_KEYS = {
                      "train.lr_schedule", "train.lr_milestones", "train.lr_gamma", "train.batch_size",
                      "train.steps", "train.eval_per_decade", "train.eval_train_sample", "train.coherence",
                      "train.shares", "difficulty.el2n_epoch", "difficulty.subset_steps"],
+    "train_mc": ["mc.model", "mc.lr", "mc.momentum", "mc.steps", "train.bn_priming",
+                 "train.bn_prime_steps", "train.batch_size", "train.eval_per_decade",
+                 "train.eval_train_sample", "train.coherence", "difficulty.el2n_epoch"],
     "easyhard": ["model", "difficulty.threshold", "difficulty.lr", "difficulty.batch_size",
                  "difficulty.max_steps"],
     "difficulty": ["difficulty.seeds", "difficulty.pools", "difficulty.pool_size",

@@ -46,6 +46,8 @@ AGGREGATE_OUTPUTS = (
 def model_label(model_params: dict) -> str:
     if model_params["name"] == "mlp":
         return "mlp-" + "x".join(map(str, model_params["hidden"]))
+    if model_params["name"] == "cnn":
+        return "cnn-" + "x".join(map(str, model_params["channels"]))
     return model_params["name"]
 
 

@@ -80,7 +80,7 @@ def make_optimizer(model: torch.nn.Module, t: dict) -> torch.optim.Optimizer:
 
 # ---------------------------------------------------------------------------- evaluation
 
-def per_example(model, x, y, chunk: int = 8192):
+def per_example(model, x, y, chunk: int = 512):
     """(correct bool, loss float) per example, in eval mode, chunked to bound memory."""
     out = logits(model, x, chunk)
     return out.argmax(1) == y, F.cross_entropy(out, y, reduction="none")

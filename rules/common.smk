@@ -26,6 +26,7 @@ GRID = cgconfig.run_grid(P)
 PREPARED = f"data/prepared/{P['data']['dataset']}.pt"
 RUN_DIR = "results/runs/{optimizer}_c{clip}_noise{noise}_seed{seed}"
 SUBSET_RUN_DIR = "results/runs/sgd_c0_{subset}_seed{seed}"
+MC_RUN_DIR = "results/runs/mc_sgd_c0_noise{noise}_seed{seed}"
 DIFFICULTY = "results/difficulty.parquet"
 VALIDATED = "results/params.ok"  # the validate stage's marker: first in the DAG
 SPLITS = "results/difficulty_splits.parquet"

@@ -38,3 +38,22 @@ rule train_subset:  # E6: plain SGD on e-train or h-train, clean labels
         "python stages/train.py --params {PARAMS_FILE} --data {input.data} --difficulty {input.difficulty}"
         " --splits {input.splits} --subset {wildcards.subset} --optimizer sgd --clip 0"
         " --seed {wildcards.seed} --out {params.out} --log {log}"
+
+
+rule train_mc:  # E7 in MC's conditions: the mc section's BatchNorm CNN, plain SGD, real vs random labels
+    input:
+        data=PREPARED,
+        labels="data/corrupt/noise={noise}.parquet",
+    output:
+        metrics=MC_RUN_DIR + "/metrics.parquet",
+        examples=MC_RUN_DIR + "/examples.parquet",
+        run=MC_RUN_DIR + "/run.json",
+    log:
+        "results/logs/train/mc_sgd_c0_noise{noise}_seed{seed}.log",
+    params:
+        values=stage_values("train_mc"),
+        out=MC_RUN_DIR,
+    threads: train_threads()
+    shell:
+        "python stages/train.py --params {PARAMS_FILE} --data {input.data} --labels {input.labels} --mc"
+        " --noise {wildcards.noise} --optimizer sgd --clip 0 --seed {wildcards.seed} --out {params.out} --log {log}"

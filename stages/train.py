@@ -1,4 +1,5 @@
-"""Stage train: one run (noise × optimizer × seed, or an E6 subset run) →
+"""Stage train: one run (noise × optimizer × seed, an E6 subset run, or with --mc an E7 run in
+MC's conditions) →
 results/runs/<run>/{metrics.parquet, examples.parquet, run.json}."""
 from pathlib import Path
 
@@ -22,11 +23,23 @@ def main(argv=None):
     p.add_argument("--subset", default="full", choices=["full", "e-train", "h-train"],
                    help="E6: train on this part of the easy/hard split (needs --splits)")
     p.add_argument("--splits", default=None, help="cross-generalization splits (difficulty stage)")
+    p.add_argument("--mc", action="store_true",
+                   help="an E7 run in MC's conditions: the mc section's model, lr, momentum and steps, plain SGD")
     p.add_argument("--out", required=True, help="run folder to write")
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default results/checkpoints/<run>.pt)")
     args, params, log = cli.start(p, argv)
-    # an E6 run may take its own number of steps (difficulty.subset_steps)
-    params = {**params, "train": {**params["train"], "steps": config.steps_of(params, args.subset)}}
+    if args.mc and (args.subset != "full" or args.optimizer != "sgd" or args.clip):
+        cli.fail("--mc runs are plain SGD on the full training set (no --subset, --optimizer sgd --clip 0)", code=2)
+    spec = dict(noise=float(args.noise), optimizer=args.optimizer, clip=args.clip, seed=args.seed,
+                subset=args.subset)
+    if args.mc:
+        spec.update(run=config.mc_run_name(args.noise, args.seed), conditions="mc")
+    elif args.subset == "full":
+        spec["run"] = config.run_name(args.optimizer, args.clip, args.noise, args.seed)
+    else:
+        spec["run"] = config.subset_run_name(args.subset, args.seed)
+    # mc and E6 runs train with their own model / steps (config.params_for)
+    params = config.params_for(params, spec)
     t = params["train"]
     opt = {"name": args.optimizer, "clip": args.clip}
     try:  # the same cross-field rules as the params file (clip < B/2, B % 3 for m3, ...)
@@ -35,10 +48,6 @@ def main(argv=None):
         cli.fail(f"--optimizer/--clip: {err}", code=2)
     if (args.subset == "full") != (args.labels is not None) or (args.subset != "full") != (args.splits is not None):
         cli.fail("give --labels for a full run, or --subset with --splits for an E6 run", code=2)
-    name = (config.run_name(args.optimizer, args.clip, args.noise, args.seed) if args.subset == "full"
-            else config.subset_run_name(args.subset, args.seed))
-    spec = dict(run=name, noise=float(args.noise), optimizer=args.optimizer, clip=args.clip, seed=args.seed,
-                subset=args.subset)
     data, device = cli.load_training_data(args.data, t)
     n = len(data["y_train"])
     examples = pd.DataFrame({"example": range(n), "label_clean": data["y_train"].cpu().numpy()})

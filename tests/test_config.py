@@ -58,6 +58,7 @@ def test_winsorization_level_is_checked_in_its_reading():
     side are more than the order-statistic reading can clip."""
     p = default_params()
     p["train"]["optimizers"] = [{"name": "winsorized", "clip": 50}]
+    p["replicates"]["optimizers"] = []  # they must be among train.optimizers
     with pytest.raises(config.ParamsError, match="must be < batch_size/2"):
         config.validate(copy.deepcopy(p))
     p["train"]["winsorize_reading"] = "percentile"
@@ -122,6 +123,13 @@ def test_run_grid_names_and_stage_params():
     assert [r["run"] for r in grid if r["subset"] != "full"] == [
         "sgd_c0_e-train_seed0", "sgd_c0_e-train_seed1", "sgd_c0_h-train_seed0", "sgd_c0_h-train_seed1"]
     assert [r["run"] for r in config.run_grid(p, subsets=False)] == names[:8]
+    r = config.validate({**p, "replicates": {"noise": [0.5], "optimizers": [{"name": "winsorized", "clip": 2}],
+                                             "seeds": [3]},
+                         "mc": {"noise": [0], "seeds": [0, 1]}})
+    more = [x["run"] for x in config.run_grid(r)]
+    assert more[:9] == names[:8] + ["winsorized_c2_noise0.5_seed3"]  # the replicate: a grid run's name
+    assert more[9:13] == names[8:] and more[13:] == ["mc_sgd_c0_noise0_seed0", "mc_sgd_c0_noise0_seed1"]
+    assert [x.get("conditions") for x in config.run_grid(r)][-3:] == [None, "mc", "mc"]
     q = copy.deepcopy(p)
     q["train"]["seeds"] = [0, 1, 2]  # growing the grid changes no stage's params
     assert all(config.stage_params(p, s) == config.stage_params(q, s) for s in config.STAGE_KEYS)
@@ -197,3 +205,36 @@ def test_params_spellings_same_verdict_in_stages_snakemake_and_dvc(tmp_path, wor
         assert "Could not find" in said, said[-2000:]
     else:
         assert f"params error: {message}" in said, said[-2000:]
+
+
+@pytest.mark.parametrize("section, bad, message", [
+    ("replicates", {"noise": [0.3], "optimizers": [], "seeds": [1]}, "replicates.noise[0]: 0.3 is not one of corrupt.noise"),
+    ("replicates", {"noise": [0.5], "optimizers": [{"name": "rm3", "clip": 0}], "seeds": [1]},
+     "replicates.optimizers[0]: rm3 with clip 0 is not one of train.optimizers"),
+    ("replicates", {"noise": [0.5], "optimizers": [{"name": "sgd", "clip": 0}], "seeds": [2, 0]},
+     "replicates.seeds[1]: 0 is already in train.seeds"),
+    ("mc", {"noise": [0, 0.25]}, "mc.noise[1]: 0.25 is not one of corrupt.noise"),
+    ("mc", {"noise": [0], "steps": 10}, "mc.steps: 10 steps end before difficulty.el2n_epoch"),
+])
+def test_replicates_and_mc_cross_checks(section, bad, message):
+    base = {"corrupt": {"noise": [0, 0.5]}, "data": {"n_train": 1000}, "difficulty": {"el2n_epoch": 2},
+            "train": {"optimizers": [{"name": "sgd", "clip": 0}], "seeds": [0], "batch_size": 100}}
+    config.validate(base)
+    with pytest.raises(config.ParamsError) as err:
+        config.validate({**base, section: bad})
+    assert str(err.value).startswith(message)
+
+
+def test_mc_params_keep_the_study_and_change_only_what_mc_names():
+    p = config.validate({"train": {"lr": 0.3, "momentum": 0.5, "weight_decay": 0.1, "steps": 5000, "base": "adam",
+                                   "shares": {"steps": 10, "optimizers": ["sgd"]}, "batch_size": 50},
+                         "mc": {"noise": [0], "lr": 0.02, "steps": 1400}})
+    q = config.params_for(p, {"run": "mc_sgd_c0_noise0_seed0", "subset": "full", "conditions": "mc"})
+    t = q["train"]
+    assert q["model"] == p["mc"]["model"] and q["model"]["name"] == "cnn"
+    assert (t["lr"], t["momentum"], t["steps"], t["base"], t["weight_decay"]) == (0.02, 0.9, 1400, "sgd", 0.0)
+    assert t["optimizers"] == [{"name": "sgd", "clip": 0}] and t["shares"]["optimizers"] == []
+    assert t["batch_size"] == 50 and t["coherence"] == p["train"]["coherence"]  # the rest is the study's
+    assert p["train"]["lr"] == 0.3 and p["model"]["name"] == "mlp"  # the study's own params untouched
+    plain = config.params_for(p, {"run": "sgd_c0_noise0_seed0", "subset": "full"})
+    assert plain["train"] == p["train"] and plain["model"] == p["model"]

@@ -87,6 +87,8 @@ def test_every_study_validates_and_dry_runs(workdir, study):
     p = load_params(ROOT / "studies" / study)
     counts = {line.split()[0]: line.split()[1] for line in (out.stdout + out.stderr).splitlines()
               if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts["train"] == str(len(run_grid(p, subsets=False)))
+    grid = run_grid(p, subsets=False)
+    assert int(counts["train"]) == sum(r.get("conditions") != "mc" for r in grid)  # grid + replicates
+    assert int(counts.get("train_mc", 0)) == len(p["mc"]["noise"]) * len(p["mc"]["seeds"])
     assert counts["train_subset"] == str(len(p["difficulty"]["subsets"]) * len(p["train"]["seeds"]))
     assert counts["easyhard"] == str(len(p["difficulty"]["seeds"])) and counts["difficulty"] == "1"

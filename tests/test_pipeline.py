@@ -30,8 +30,14 @@ def check_results(res: Path):
     m = pd.read_parquet(res / "metrics.parquet")
     assert list(m.columns) == list(METRIC_COLUMNS)
     runs = pd.read_parquet(res / "runs.parquet")
-    assert len(runs) == 4 and set(runs["status"]) == {"ok"}
+    assert len(runs) == 6 and set(runs["status"]) == {"ok"}  # 2 grid, 1 replicate, 2 E6, 1 mc
     assert set(runs["subset"]) == {"full", "e-train", "h-train"}
+    mc = runs.set_index("run").loc["mc_sgd_c0_noise0.5_seed0"]  # E7 in MC's conditions: the mc section
+    assert (mc["model"], mc["steps"], mc["lr"], mc["momentum"]) == ("cnn-4x8", 60, 0.04, 0.9)
+    assert set(runs.loc[runs["run"] != mc.name, "model"]) == {"mlp-64"}
+    assert set(m.loc[m["run"] == mc.name, "step"]) >= {0, 60} and m.loc[m["run"] == mc.name, "step"].max() == 60
+    assert (m.loc[m["run"] == mc.name, "metric"] == "m_coherence").any()
+    assert runs.loc[runs["run"] == "sgd_c0_noise0.5_seed1", "seed"].tolist() == [1]  # the replicate
     assert all((res / name).is_file() for name in AGGREGATE_OUTPUTS)
     acc = m[m["metric"] == "accuracy"]
     assert acc["value"].between(0, 1).all()
@@ -50,6 +56,8 @@ def check_results(res: Path):
     assert ex.groupby("run")["example"].apply(lambda e: e.is_unique).all()
     assert set(SCORES) <= set(ex.columns) and not ex[list(SCORES)].isna().any().any()
     corr = pd.read_csv(res / "plots" / "score_correlations.csv")
+    assert corr.loc[corr["run"] == mc.name, "spearman_difficulty"].isna().all()  # mc runs: no difficulty
+    corr = corr[corr["run"] != mc.name]
     assert set(corr["score"]) == set(SCORES) and corr["spearman_difficulty"].between(-1, 1).all()
     assert corr.loc[corr["noise"] == 0.5, "auroc_corrupt"].notna().all()
     assert corr.loc[corr["noise"] == 0, "auroc_corrupt"].isna().all()
@@ -63,12 +71,13 @@ def check_results(res: Path):
     labels = pd.read_parquet(res.parent / "data" / "corrupt" / "noise=0.5.parquet")
     assert len(labels) == 300 and labels["corrupt"].sum() + (~labels["corrupt"]).sum() == 300
     # train accuracy = pristine and corrupt accuracies weighted by their counts
-    last = m[(m["noise"] == 0.5) & (m["step"] == 200) & (m["metric"] == "accuracy")].set_index("split")["value"]
+    one = m[m["run"] == "sgd_c0_noise0.5_seed0"]
+    last = one[(one["step"] == 200) & (one["metric"] == "accuracy")].set_index("split")["value"]
     n_c = labels["corrupt"].sum()
     mixed = (last["pristine"] * (300 - n_c) + last["corrupt"] * n_c) / 300
     assert abs(mixed - last["train"]) < 1e-6
     # a pristine example is learned before a corrupt one (CG §2.3): early on, pristine accuracy leads
-    early = m[(m["noise"] == 0.5) & (m["metric"] == "accuracy") & m["step"].between(10, 100)]
+    early = one[(one["metric"] == "accuracy") & one["step"].between(10, 100)]
     wide = early.pivot_table(index="step", columns="split", values="value")
     assert (wide["pristine"] > wide["corrupt"]).mean() >= 0.75
     assert (res / "plots" / "learning_curves.png").stat().st_size > 10_000

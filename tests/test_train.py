@@ -236,3 +236,25 @@ def test_bn_priming_mc_in_training_is_the_documented_procedure():
     assert not (e7(rows) == e7(unprimed)).all()  # the statistics differ at step 0 ...
     loss = lambda r: r[(r.metric == "loss") & (r.split == "train")]  # noqa: E731
     assert len(loss(rows)) == len(loss(unprimed)) > 5
+
+
+def test_mc_run_trains_the_mc_section_model_and_steps(tmp_path):
+    """--mc: the mc section's model, steps, lr and momentum, under its own run name; the study's
+    own model and steps everywhere else. (An MLP here: the synthetic data are not images.)"""
+    p = tiny_params()
+    p["mc"] = {"model": {"name": "mlp", "hidden": [7]}, "noise": [0.5], "seeds": [0], "lr": 0.02,
+               "momentum": 0.9, "steps": 40}
+    params = write_params(tmp_path / "p.yaml", p)
+    run_stage("prepare", "--params", params, "--out", tmp_path / "d.pt", check=True)
+    run_stage("corrupt", "--params", params, "--data", tmp_path / "d.pt", "--noise", "0.5",
+              "--out", tmp_path / "c.parquet", check=True)
+    run_stage("train", *train_args(params, tmp_path, "mc"), "--mc", check=True)
+    run_stage("train", *train_args(params, tmp_path, "plain"), check=True)
+    mc, plain = (pd.read_parquet(tmp_path / d / "metrics.parquet") for d in ("mc", "plain"))
+    assert set(mc["model"]) == {"mlp-7"} and set(plain["model"]) == {"mlp-32"}
+    assert set(mc["run"]) == {"mc_sgd_c0_noise0.5_seed0"} and set(plain["run"]) == {"sgd_c0_noise0.5_seed0"}
+    assert mc["step"].max() == 40 and plain["step"].max() == 60
+    meta = json.loads((tmp_path / "mc" / "run.json").read_text())
+    assert meta["conditions"] == "mc" and meta["steps_done"] == 40
+    bad = run_stage("train", *train_args(params, tmp_path, "bad", optimizer="rm3"), "--mc")
+    assert bad.returncode == 2 and "--mc runs are plain SGD" in bad.stderr
