@@ -15,13 +15,13 @@ SHELL := /bin/bash
 # this machine's pip config lists extra local indexes; their "is ignored" lines are noise
 QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 
-.PHONY: run test bench dataset venv dvc-repro clean
+.PHONY: run test bench dataset browser venv dvc-repro clean
 
 run: venv dataset
 	$(BIN)/snakemake --cores $(CORES)
 
 # two workers: most tests wait on a subprocess (a stage, an engine), so two run side by side
-test: venv dataset
+test: venv dataset browser
 	$(BIN)/python -m pytest -q -n 2
 
 bench: venv
@@ -46,6 +46,16 @@ $(FASHION):
 	@if [ -n "$$(ls data/raw/fashion_mnist 2>/dev/null)" ]; then echo "using data/raw/fashion_mnist"; \
 	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; fi
+
+# Headless Chromium for tests/test_report.py (renders results/report.html to PNG and PDF as a
+# person would see it); Debian's package, installed once like the dataset.
+BROWSER := /usr/bin/chromium
+browser: $(BROWSER)
+
+$(BROWSER):
+	@if command -v chromium >/dev/null; then echo "using $$(command -v chromium)"; \
+	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; fi
 
 clean:
 	rm -rf results data/prepared data/corrupt .snakemake

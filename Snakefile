@@ -2,7 +2,8 @@
 #   snakemake --cores all                                  # params.yaml
 #   snakemake --cores all --configfile studies/smoke.yaml  # another study, no code change
 # Data flow: prepare → corrupt (per noise) → easyhard (per seed) → difficulty →
-#            train (noise × optimizer × seed; E6: subset × seed) → aggregate.
+#            train (noise × optimizer × seed; replicates; E6: subset × seed; E7 in MC's
+#            conditions) → aggregate → report (results/report.html).
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -16,10 +17,14 @@ min_version("9.0")
 include: "rules/common.smk"
 
 
+report: "report/workflow.rst"  # `snakemake --report results/snakemake-report.html`
+
+
 ##### target rule #####
 rule all:
     input:
         aggregate_outputs(),
+        report_outputs(),
 
 
 ##### stages: one rule file each, all calling stages/<name>.py #####
@@ -30,3 +35,4 @@ include: "rules/easyhard.smk"
 include: "rules/difficulty.smk"
 include: "rules/train.smk"
 include: "rules/aggregate.smk"
+include: "rules/report.smk"

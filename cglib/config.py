@@ -321,6 +321,7 @@ STAGE_KEYS = {
     "difficulty": ["difficulty.seeds", "difficulty.pools", "difficulty.pool_size",
                    "difficulty.split_ratio", "difficulty.split_seed"],
     "aggregate": ["study"],
+    "report": ["study"],
 }
 
 

@@ -33,10 +33,25 @@ EXAMPLE_COLUMNS = {
     "aum": "float64", "el2n": "float64", "grand": "float64",
 }
 # What the aggregate stage writes under results/ (both engines declare exactly these)
+# Every figure the report stage writes, as results/plots/<name>.png and .svg (the engines declare
+# them up front, so the list is fixed; a study without the data gets a placeholder figure).
+# Here rather than in cglib.report so the Snakefile can read it without importing matplotlib.
+REPORT_FIGURES = {  # name → what the placeholder says the study does not measure
+    "learning_curves": "learning curves (E1)",
+    "loss_shares": "loss-reduction shares (E2, train.shares)",
+    "winsorization": "winsorized SGD (E3)",
+    "robust_optimizers": "RM3 / RA3 / M3 (E4)",
+    "easy_hard": "easy / hard cross-generalization (E6)",
+    "accuracy_by_difficulty": "accuracy by difficulty (E5)",
+    "m_coherence": "m-coherence (E7, train.coherence)",
+    "m_coherence_layers": "per-layer m-coherence (E7)",
+    "difficulty_scores": "difficulty scores (E8)",
+}
+# What the report stage writes under its --out folder (both engines declare exactly these)
+REPORT_OUTPUTS = ("report.html", "findings.json", "findings.csv",
+                  *(f"plots/{name}.{ext}" for name in REPORT_FIGURES for ext in ("png", "svg")))
 AGGREGATE_OUTPUTS = (
     "metrics.parquet", "runs.parquet", "examples.parquet", "summary.json",
-    "plots/learning_curves.png", "plots/m_coherence.png", "plots/loss_shares.png",
-    "plots/accuracy_by_difficulty.png", "plots/easy_hard.png", "plots/difficulty_scores.png",
     "plots/train_accuracy.csv", "plots/test_accuracy.csv", "plots/pristine_accuracy.csv",
     "plots/corrupt_accuracy.csv", "plots/accuracy_by_difficulty.csv", "plots/cross_generalization.csv",
     "plots/score_correlations.csv",
@@ -248,8 +263,10 @@ def share_crossings(metrics: pd.DataFrame, hold: int = 5) -> dict:
     out = {}
     for (run, null), g in f.groupby(["run", "null"], sort=True):
         g = g.sort_values("step")
-        stays = (g["value"] < 0.5)[::-1].astype(int).rolling(hold, min_periods=1).min()[::-1]
-        below = g[stays.astype(bool) & (g["value"] < 0.5)]
+        # below for `hold` tracked steps in a row; the last hold-1 steps cannot start a crossing
+        # (a dip at the very end of the run is not one)
+        stays = (g["value"] < 0.5)[::-1].astype(float).rolling(hold, min_periods=hold).min()[::-1]
+        below = g[stays.fillna(0).astype(bool)]
         out.setdefault(run, {})["real" if null == -1 else f"null{null}"] = {
             "f_pristine_at_0": round(float(g["value"].iloc[0]), 4),
             "crossing_step": int(below["step"].iloc[0]) if len(below) else None}

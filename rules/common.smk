@@ -59,6 +59,10 @@ def aggregate_outputs():
     return [f"results/{name}" for name in cgtables.AGGREGATE_OUTPUTS]
 
 
+def report_outputs():
+    return [f"results/{name}" for name in cgtables.REPORT_OUTPUTS]
+
+
 def train_threads():
     return P["train"]["threads"] or 1
 

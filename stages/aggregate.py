@@ -1,11 +1,12 @@
 """Stage aggregate: every run of the study → results/{metrics,runs,examples}.parquet,
-summary.json and plots/ (learning curves, E2, E5, E6, E7, E8)."""
+summary.json (DVC metrics) and the small CSVs of plots/ (DVC plots). The figures and the page
+are the report stage's."""
 import json
 from pathlib import Path
 
 import pandas as pd
 
-from cglib import cli, config, plots, tables
+from cglib import cli, config, tables
 from cglib.difficulty import histogram
 
 
@@ -59,12 +60,6 @@ def main(argv=None):
     for name, df in (("accuracy_by_difficulty", e5_wide), ("cross_generalization", e6),
                      ("score_correlations", e8)):
         tables.write_text(df.to_csv(index=False, float_format="%.6g"), out / "plots" / f"{name}.csv")
-    plots.learning_curves(metrics, out / "plots" / "learning_curves.png")
-    plots.coherence_curves(metrics, out / "plots" / "m_coherence.png")
-    plots.share_curves(metrics, out / "plots" / "loss_shares.png")
-    plots.accuracy_by_difficulty(e5, hist, out / "plots" / "accuracy_by_difficulty.png")
-    plots.easy_hard_curves(metrics, out / "plots" / "easy_hard.png")
-    plots.score_heatmaps(e8, out / "plots" / "difficulty_scores.png")
 
     log(f"{len(grid)} runs, {len(metrics)} metric rows → {out}/metrics.parquet")
     fmt = lambda v: f"{v:.3f}"  # noqa: E731

@@ -81,3 +81,13 @@ def test_damage_is_judged_by_the_envelope_of_each_kind(tmp_path):
             assert tables.damage(path) == why, (path, cut)
     pq.write_bytes(b"PAR1")  # head and tail but no table
     assert tables.damage(pq) == "not a complete Parquet file"
+
+
+def test_share_crossing_needs_hold_steps_below_and_not_a_dip_at_the_end():
+    def rows(values, null=-1):
+        return [dict(run="r", experiment="E2", metric="f_pristine", null=null, step=s, value=v)
+                for s, v in enumerate(values)]
+    m = pd.DataFrame(rows([.9, .8, .4, .7, .45, .4, .3, .2, .1, .6]) + rows([.9, .8, .7, .6, .6, .6, .6, .6, .6, .4], 0))
+    out = tables.share_crossings(m, hold=3)["r"]
+    assert out["real"] == {"f_pristine_at_0": 0.9, "crossing_step": 4}  # one dip at step 2 is not a crossing
+    assert out["null0"]["crossing_step"] is None  # below only at the last step

@@ -1,0 +1,332 @@
+"""results/report.html: one self-contained page mirroring the papers' figures and tables, with
+the findings scorecard on top; the same figures as PNG and SVG files under results/plots/.
+
+Each section is present only when the study produced its data. Figures are embedded as base64
+PNG (dpi 100): a dense curve grid is a predictable ~100–200 KB as PNG, while inline SVG grows
+with the number of points and carries `xmlns="http://…"` strings, which would blur the page's
+"no external URL" check. The SVG files on disk are for papers and zooming.
+"""
+from __future__ import annotations
+
+import base64
+import importlib.metadata
+import platform
+import re
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import jinja2
+import numpy as np
+import pandas as pd
+import yaml
+
+from cglib import plots, tables
+
+FIGURES, OUTPUTS = tables.REPORT_FIGURES, tables.REPORT_OUTPUTS
+# W&S §4.3 (Fig. 5a), RM3 on ImageNet: top-1 training accuracy of the easiest and hardest examples
+WS_FIG5A = {"easiest": 0.99, "hardest": 0.61}
+VERSIONS = ("torch", "numpy", "pandas", "matplotlib", "snakemake", "dvc", "jinja2", "coherent-gradients")
+WALL = re.compile(r"done: (\S+) on (\S+), wall ([0-9.]+) s")
+
+
+# ---------------------------------------------------------------------------- inputs
+
+def histogram(difficulty: pd.DataFrame, k: int) -> pd.DataFrame:
+    """difficulty 0…K → number of examples, as cglib.difficulty.histogram (which imports torch:
+    3–4 s of a report stage that otherwise takes a few)."""
+    counts = difficulty["difficulty"].value_counts().reindex(range(k + 1), fill_value=0)
+    return pd.DataFrame({"difficulty": range(k + 1), "count": counts.to_numpy()})
+
+
+def prepare(metrics: pd.DataFrame, runs: pd.DataFrame, hist: pd.DataFrame, seeds: pd.DataFrame | None,
+            params: dict) -> SimpleNamespace:
+    """The tables every figure and section reads. `main`: the runs of the study's own model
+    (params model); runs of another model (a BatchNorm cnn for E7) only enter the MC section."""
+    model = tables.model_label(params["model"])
+    mine = metrics["model"].isin([model, params["model"]["name"]])  # as cglib.findings reads it
+    main = metrics[mine] if mine.any() else metrics
+    coh = params["train"].get("coherence", {})
+    m = coh.get("train_sample") if coh.get("train_sample") == coh.get("test_sample") else None
+    return SimpleNamespace(metrics=metrics, main=main, runs=runs, hist=hist, seeds=seeds, model=model, m=m,
+                           e5=tables.accuracy_by_difficulty(main), e6=tables.cross_generalization(main),
+                           e8=tables.score_correlations(main))
+
+
+def draw(t: SimpleNamespace, plots_dir: str | Path) -> dict:
+    """Every figure of FIGURES → plots_dir/<name>.png and .svg; returns name → PNG bytes, None
+    where the study has no data (a placeholder is written; the report omits the section)."""
+    makers = {
+        "learning_curves": lambda: plots.learning_curves_fig(t.main),
+        "loss_shares": lambda: plots.loss_shares_fig(t.main),
+        "winsorization": lambda: plots.winsorization_fig(t.main),
+        "robust_optimizers": lambda: plots.robust_optimizers_fig(t.main),
+        "easy_hard": lambda: plots.easy_hard_fig(t.main),
+        "accuracy_by_difficulty": lambda: plots.accuracy_by_difficulty_fig(t.e5, t.hist),
+        "m_coherence": lambda: plots.m_coherence_fig(t.metrics, t.m, t.model),
+        "m_coherence_layers": lambda: plots.m_coherence_layers_fig(t.metrics, t.model),
+        "difficulty_scores": lambda: plots.difficulty_scores_fig(t.e8),
+    }
+    out = {}
+    for name, what in FIGURES.items():
+        fig = makers[name]()
+        png = plots.save(fig if fig is not None else plots.placeholder(what), Path(plots_dir) / name)
+        out[name] = png if fig is not None else None
+    return out
+
+
+def run_logs(log_dir: str | Path, runs) -> dict:
+    """run → (device, wall seconds) from the last line of each train log ("done: ok on cpu, wall
+    17.8 s; …"). Wall times live in logs only: run.json and the tables are a pure function of params."""
+    out = {}
+    for run in runs:
+        path = Path(log_dir) / f"{run}.log"
+        found = WALL.findall(path.read_text(errors="replace")) if path.is_file() else []
+        if found:
+            out[run] = (found[-1][1], float(found[-1][2]))
+    return out
+
+
+def provenance(runs_info: dict, cwd: str | Path = ".") -> dict:
+    """Git commit (with a note when the tree has uncommitted changes), package versions, devices."""
+    def git(*args):
+        try:
+            r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+            return r.stdout.strip() if r.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD") or "unknown (not a git checkout)"
+    if git("status", "--porcelain", "--untracked-files=no"):
+        commit += " (plus uncommitted changes)"
+    out = {"git commit": commit}
+    for name in VERSIONS:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    out["python"] = platform.python_version()
+    out["platform"] = platform.platform()
+    devices = sorted({d for d, _ in runs_info.values()})
+    out["device (train logs)"] = ", ".join(devices) or "unknown (no train logs)"
+    return out
+
+
+# ---------------------------------------------------------------------------- table cells
+
+def _num(v, digits: int = 3) -> str:
+    return "—" if v is None or pd.isna(v) else f"{v:.{digits}f}"
+
+
+def _msd(values: pd.Series, digits: int = 3) -> str:
+    """Mean ± sd over seeds (the mean alone for one seed)."""
+    values = values.dropna()
+    if values.empty:
+        return "—"
+    if len(values) == 1:
+        return _num(values.iloc[0], digits)
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
+def _table(df: pd.DataFrame, **kw) -> dict:
+    """A DataFrame of display strings → what the template's table macro renders."""
+    return dict(columns=list(df.columns), rows=df.astype(object).where(df.notna(), "—").values.tolist(), **kw)
+
+
+def _seeds_note(df: pd.DataFrame) -> str:
+    n = df.groupby([c for c in ("optimizer", "clip", "noise", "subset") if c in df], dropna=False)["seed"].nunique()
+    k = int(n.max()) if len(n) else 1
+    return (f"Curves: mean over {k} seeds, band ± 1 sd; tables: mean ± sd." if k > 1
+            else "One seed per configuration: no bands.")
+
+
+def _finals(df: pd.DataFrame, keys: list[str], columns: dict) -> pd.DataFrame:
+    """Last-step values per run → one row per `keys`, mean ± sd over seeds of each column
+    (columns: label → (metric, split))."""
+    last = df[(df["step"] == df.groupby("run")["step"].transform("max")) & (df["layer"] == "all")
+              & (df["null"] == -1)]
+    last = last.assign(optimizer=_in_order(last["optimizer"]))
+    rows = []
+    for key, g in last.groupby(keys, sort=True, observed=True):
+        row = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        for label, (metric, split) in columns.items():
+            row[label] = _msd(g[(g["metric"] == metric) & (g["split"] == split)].set_index("run")["value"])
+        row["seeds"] = g["seed"].nunique()
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    return out.assign(noise=out["noise"].map("{:g}".format)) if "noise" in out else out
+
+
+def _in_order(names: pd.Series) -> pd.Categorical:
+    """Sorting by this puts SGD first, then RM3, RA3, M3, winsorized (plots.ORDER)."""
+    return pd.Categorical(names.astype(str), categories=plots.ordered(names.astype(str).unique()), ordered=True)
+
+
+FINAL = {"train acc.": ("accuracy", "train"), "test acc.": ("accuracy", "test"),
+         "pristine acc.": ("accuracy", "pristine"), "corrupt acc.": ("accuracy", "corrupt"),
+         "overfit": ("overfit", "train"), "train loss": ("loss", "train")}
+
+
+# ---------------------------------------------------------------------------- sections
+
+def sections(t: SimpleNamespace, images: dict) -> dict:
+    """Section id → its content (figures, tables, caption); a section without data is absent."""
+    full = t.main[t.main["subset"] == "full"]
+    s = {}
+    if images["learning_curves"]:
+        sgd = plots.prefer_sgd(full[full["metric"].isin(["accuracy", "loss", "overfit"])])
+        s["cg-fig1"] = dict(note=_seeds_note(sgd), tables=[_table(_finals(sgd, ["noise"], FINAL),
+                                                                  caption=f"{sgd['optimizer'].iloc[0]}, last step")])
+    if images["loss_shares"]:
+        s["cg-fig23"] = dict(note=_seeds_note(t.main[t.main["experiment"] == "E2"]), tables=[_crossings(t.main)])
+    if images["winsorization"]:
+        w = full[full["optimizer"].isin(["sgd", "winsorized"])]
+        w = w.assign(c=w["clip"].fillna(0).astype(int))
+        cols = {k: FINAL[k] for k in ("train acc.", "test acc.", "overfit")}
+        s["cg-s3"] = dict(note=_seeds_note(w), tables=[_table(_finals(w, ["noise", "c"], cols),
+                                                              caption="last step; c = 0 is plain SGD")])
+    if images["robust_optimizers"]:
+        r = full[full["optimizer"].isin(plots.ROBUST)]
+        cols = {k: FINAL[k] for k in ("pristine acc.", "corrupt acc.", "test acc.", "train acc.", "overfit")}
+        s["ws-s3"] = dict(note=_seeds_note(r), tables=[_table(_finals(r, ["noise", "optimizer"], cols),
+                                                              caption="last step, per noise level")])
+    if images["easy_hard"]:
+        tabs = [_cross_table(t.e6)]
+        if t.seeds is not None and len(t.seeds):
+            tabs.append(_table(t.seeds.assign(epoch=t.seeds["epoch"].map(_num), accuracy=t.seeds["accuracy"].map(_num)),
+                               caption="where each easy/hard run (one per difficulty seed) made its split"))
+        s["ws-fig4"] = dict(note=_seeds_note(t.main[t.main["experiment"] == "E6"]), tables=tabs)
+    if images["accuracy_by_difficulty"]:
+        s["ws-fig5"] = dict(note=_seeds_note(t.e5), tables=[_difficulty_table(t.e5, t.hist)])
+    if images["m_coherence"]:
+        s["mc"] = dict(note=_seeds_note(t.metrics[t.metrics["experiment"] == "E7"]), m=t.m,
+                       layers=bool(images["m_coherence_layers"]), tables=[_peaks(t.metrics)])
+    if images["difficulty_scores"]:
+        s["e8"] = dict(tables=[_scores_table(t.e8)])
+    return s
+
+
+def _crossings(metrics: pd.DataFrame) -> dict:
+    """CG §2.4: the step from which f^p stays below f^c, real designation and each null world."""
+    rows = []
+    e2 = metrics[metrics["experiment"] == "E2"]
+    for run, d in tables.share_crossings(e2).items():
+        meta = e2[e2["run"] == run].iloc[0]
+        nulls = [v["crossing_step"] for k, v in sorted(d.items()) if k != "real"]
+        rows.append({"noise": f"{meta['noise']:g}", "optimizer": meta["optimizer"], "seed": meta["seed"],
+                     "f^p at step 0": _num(d["real"]["f_pristine_at_0"]),
+                     "crossing, real": d["real"]["crossing_step"] or "never",
+                     "crossing, nulls": ", ".join(str(v or "never") for v in nulls) or "—"})
+    df = pd.DataFrame(rows).sort_values(["noise", "seed"]) if rows else pd.DataFrame()
+    return _table(df, caption="first step from which f^p < f^c for 5 tracked steps in a row (CG: at 25 % "
+                              "and 50 % noise the real curves cross, the nulls do not)")
+
+
+def _cross_table(e6: pd.DataFrame) -> dict:
+    """W&S §4.4 2×2: rows trained on, columns evaluated on; ours (mean ± sd) with the paper's."""
+    rows = []
+    for trained, g in e6.groupby("trained_on", sort=True):
+        row = {"trained on": trained}
+        for _, r in g.iterrows():
+            ours = _num(r["accuracy"]) + ("" if pd.isna(r["accuracy_sd"]) else f" ± {r['accuracy_sd']:.3f}")
+            row[f"on {r['evaluated_on']}"] = ours + ("" if pd.isna(r["paper"]) else f" (paper {r['paper']:.2f})")
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    order = ["trained on"] + [c for c in ("on e-test", "on h-test", "on test", "on train") if c in df]
+    return _table(df[order] if rows else df, caption="final accuracy; in brackets W&S §4.4 (ResNet-18, ImageNet)")
+
+
+def _difficulty_table(e5: pd.DataFrame, hist: pd.DataFrame) -> dict:
+    """W&S Fig. 5a as numbers: one row per noise level and variant, one column per difficulty
+    level; the first row counts the examples, the last is the paper's RM3."""
+    e5 = e5.assign(variant=_in_order(plots.variant(e5)))
+    wide = e5.groupby(["noise", "variant", "difficulty"], observed=True)["accuracy"].apply(_msd).unstack("difficulty")
+    wide.columns = [f"d={int(c)}" for c in wide.columns]
+    wide = wide.reset_index().assign(noise=lambda d: d["noise"].map("{:g}".format))
+    counts = {"noise": "", "variant": "examples",
+              **{f"d={int(d)}": int(c) for d, c in zip(hist["difficulty"], hist["count"])}}
+    paper = {"noise": "0", "variant": "W&S RM3 (ImageNet)", wide.columns[2]: WS_FIG5A["easiest"],
+             wide.columns[-1]: WS_FIG5A["hardest"]}
+    df = pd.concat([pd.DataFrame([counts]), wide, pd.DataFrame([paper])], ignore_index=True)
+    return _table(df, caption="final training accuracy by difficulty d (0 = easy in every easy/hard run)")
+
+
+def _peaks(metrics: pd.DataFrame) -> dict:
+    """MC §5: peak m-coherence of the whole model and the step it is reached, per model, noise, sample."""
+    coh = plots.coherence_rows(metrics)
+    coh = coh[(coh["metric"] == "m_coherence") & (coh["layer"] == "all")].dropna(subset=["value"])
+    top = coh.loc[coh.groupby(["run", "split"])["value"].idxmax()]
+    rows = []
+    for (model, noise), g in top.groupby(["model", "noise"], sort=True):
+        row = {"model": model, "optimizer": g["optimizer"].iloc[0], "noise": f"{noise:g}"}
+        for split in ("train", "test"):
+            h = g[g["split"] == split]
+            row[f"{split} peak"] = _msd(h["value"], 1)
+            row[f"{split} step"] = ", ".join(map(str, h["step"])) or "—"
+        rows.append(row)
+    return _table(pd.DataFrame(rows), caption="peak m-coherence of the whole model and the step(s) reaching it")
+
+
+def _scores_table(e8: pd.DataFrame) -> dict:
+    """Per score: Spearman ρ with difficulty and AUROC for corrupt labels, mean ± sd over runs."""
+    rows = [{"score": score, "Spearman ρ with difficulty": _msd(g["spearman_difficulty"]),
+             "AUROC corrupt (noisy runs)": _msd(g["auroc_corrupt"]), "runs": g["run"].nunique()}
+            for score, g in e8.groupby("score", sort=True)]
+    return _table(pd.DataFrame(rows), caption="over all runs of the study's model (AUROC: runs with corrupt labels)")
+
+
+def run_table(runs: pd.DataFrame, logs: dict) -> dict:
+    rows = []
+    for r in runs.to_dict("records"):
+        device, wall = logs.get(r["run"], ("—", None))
+        status = r["status"] if r["status"] == "ok" else {"text": r["status"], "cls": "verdict v-does-not-hold"}
+        rows.append({"run": r["run"], "model": r.get("model", "—"), "status": status,
+                     "steps": f"{r['steps_done']} / {r.get('steps', '?')}", "wall (s)": _num(wall, 1),
+                     "device": device,
+                     **{k: _num(r.get(f"{k}_accuracy")) for k in ("train", "test", "pristine", "corrupt")}})
+    return _table(pd.DataFrame(rows), caption="final accuracies; wall time and device from results/logs/train/")
+
+
+def scorecard_table(card: pd.DataFrame) -> dict:
+    def value(v):  # a step count reads as one (6000, not 6000.000)
+        if isinstance(v, (float, np.floating)) and pd.notna(v) and float(v).is_integer() and abs(v) >= 10:
+            return str(int(v))
+        return _num(v) if isinstance(v, (float, np.floating)) else ("—" if v is None else str(v))
+
+    rows = [[r["id"], f"{r['paper']} {r['section']}", r["claim"], r["statistic"], value(r["value"]),
+             r["n_seeds"], r["verdict"], r["detail"]] for r in card.to_dict("records")]
+    counts = card["verdict"].value_counts()
+    return dict(columns=["id", "claim", "statistic", "value", "seeds", "verdict", "detail"], rows=rows,
+                counts={v: int(counts.get(v, 0)) for v in ("holds", "does not hold", "not measured")})
+
+
+# ---------------------------------------------------------------------------- page
+
+TITLES = {  # section id → heading, naming the paper figure or table it mirrors
+    "cg-fig1": "CG Fig. 1 — accuracy and training loss under label noise",
+    "cg-fig23": "CG Figs. 2–3 — pristine vs corrupt share of the loss reduction, with null worlds",
+    "cg-s3": "CG §3 (Fig. 4) — winsorized SGD: level c vs train, test and overfit",
+    "ws-s3": "W&S §3 (Figs. 2–3) — SGD vs RM3 / RA3 / M3",
+    "ws-fig4": "W&S Fig. 4 and §4.4 — easy and hard examples, the 2×2 cross table",
+    "ws-fig5": "W&S §4.3 (Fig. 5a) — accuracy by difficulty",
+    "mc": "MC Figs. 1 and 4–5 — m-coherence over training, train vs test sample, per layer",
+    "e8": "Difficulty scores (E8) — rank correlation with difficulty, AUROC for corrupt labels",
+    "runs": "Runs",
+    "params": "Study params (as validated, defaults filled in)",
+    "provenance": "Provenance",
+}
+
+
+def render(card: pd.DataFrame, t: SimpleNamespace, images: dict, params: dict, logs: dict, prov: dict) -> str:
+    """The whole page (jinja2, autoescaped)."""
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True)
+    secs = sections(t, images)
+    toc = [(k, TITLES[k]) for k in TITLES if k in secs or k in ("runs", "params", "provenance")]
+    img = {k: base64.b64encode(v).decode("ascii") for k, v in images.items() if v}
+    return env.get_template("report.html.j2").render(
+        study=params["study"], card=scorecard_table(card), s=secs, titles=TITLES, toc=toc, img=img,
+        runs=run_table(t.runs, logs), params_yaml=yaml.safe_dump(params, sort_keys=False),
+        prov=prov, n_runs=len(t.runs), n_ok=int((t.runs["status"] == "ok").sum()),
+        dataset=params["data"]["dataset"], model=t.model)

@@ -1,0 +1,45 @@
+"""Stage report: the aggregated tables → results/report.html (self-contained: the papers'
+figures and tables, the findings scorecard on top), results/findings.{json,csv}, and every
+figure of cglib.report.FIGURES as results/plots/<name>.png and .svg."""
+import json
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from cglib import cli, findings, report, tables
+
+
+def main(argv=None):
+    p = cli.parser(__doc__)
+    p.add_argument("--results", default="results", help="folder of the aggregate stage's tables")
+    p.add_argument("--out", default="results", help="folder for report.html, findings.* and plots/")
+    args, params, log = cli.start(p, argv)
+    start = time.perf_counter()
+    res, out = Path(args.results), Path(args.out)
+
+    def read(name, made_by="the aggregate stage"):
+        return cli.read_table(res / name, made_by, f" (rm {res / name}; then snakemake --cores all, or dvc repro)")
+
+    metrics, runs = read("metrics.parquet"), read("runs.parquet")
+    hist = report.histogram(read("difficulty.parquet", "the difficulty stage"), len(params["difficulty"]["seeds"]))
+    seeds_csv = res / "difficulty_seeds.csv"
+    seeds = pd.read_csv(seeds_csv) if seeds_csv.is_file() else None
+
+    card = findings.scorecard(metrics, runs, params)
+    findings.write(card, out)
+    t = report.prepare(metrics, runs, hist, seeds, params)
+    images = report.draw(t, out / "plots")
+    logs = report.run_logs(res / "logs" / "train", runs["run"])
+    html = report.render(card, t, images, params, logs, report.provenance(logs))
+    tables.write_text(html, out / "report.html")
+
+    shown = [name for name, png in images.items() if png]
+    log(f"{out}/report.html: {len(html) / 1e6:.2f} MB, {len(shown)} of {len(images)} figures "
+        f"({', '.join(shown)}); {len(card)} findings "
+        + json.dumps(card["verdict"].value_counts().to_dict(), ensure_ascii=False)
+        + f"; {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
