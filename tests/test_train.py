@@ -241,9 +241,11 @@ def test_bn_priming_mc_in_training_is_the_documented_procedure():
 def test_mc_run_trains_the_mc_section_model_and_steps(tmp_path):
     """--mc: the mc section's model, steps, lr and momentum, under its own run name; the study's
     own model and steps everywhere else. (An MLP here: the synthetic data are not images.)"""
-    p = tiny_params()
+    p = tiny_params(optimizers=[{"name": "sgd", "clip": 0}, {"name": "rm3", "clip": 0}])
     p["mc"] = {"model": {"name": "mlp", "hidden": [7]}, "noise": [0.5], "seeds": [0], "lr": 0.02,
                "momentum": 0.9, "steps": 40}
+    # replicates of another optimizer than the run's must not trip the stage's own check of its run
+    p["replicates"] = {"noise": [0.5], "optimizers": [{"name": "rm3", "clip": 0}], "seeds": [1]}
     params = write_params(tmp_path / "p.yaml", p)
     run_stage("prepare", "--params", params, "--out", tmp_path / "d.pt", check=True)
     run_stage("corrupt", "--params", params, "--data", tmp_path / "d.pt", "--noise", "0.5",
