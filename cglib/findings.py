@@ -38,9 +38,8 @@ EARLY_STEPS = 10
 # CG §2.4: "for 25% and 50% label noise, f^p initially starts off higher than f^c and after a few
 # steps they cross over ... In the case of 75% noise, we see that the cross over doesn't happen"
 CROSSING_MAX_NOISE = 0.5
-# tables.share_crossings: f^p must stay below f^c for this many tracked steps ("a single noisy dip is
-# not a crossing"); its rolling window shortens at the end of the run, so a dip at the last step
-# would count: a crossing also needs this many tracked steps from it to the end
+# tables.share_crossings: f^p must stay below f^c for this many tracked steps in a row ("a single
+# noisy dip is not a crossing"); a dip within the last steps of the run cannot start one
 CROSSING_HOLD = 5
 # MC §6: peak ≈10^4 with real labels vs ≈10^2 with random ones; app. B, the fully connected layer:
 # random "quite low reaching 10 at the peak", real "usually above 10 ... even exceeds 100". The
@@ -178,7 +177,6 @@ def cg_shares_crossover(ctx) -> dict:
         _, _, noise, seed = _key(g.iloc[0])
         c = {k: v["crossing_step"] for k, v in crossings.get(run, {}).items()}
         steps = g.loc[g["null"] == -1, "step"]
-        c = {k: None if v is None or (steps >= v).sum() < CROSSING_HOLD else v for k, v in c.items()}
         nulls = [v for k, v in c.items() if k != "real"]
         if not 0 < noise <= CROSSING_MAX_NOISE or "real" not in c or not nulls:
             continue
@@ -373,7 +371,7 @@ CLAIMS = [  # id, paper, section, claim, statistic, function
     ("cg-shares-crossover", "CG", "§2.4, Fig. 2",
      "at 25 % and 50 % noise f^p starts above f^c and they cross over later in training; in the null worlds they "
      "do not cross", f"first step from which f^p < f^c for {CROSSING_HOLD} tracked steps (tables.share_crossings; "
-     "its window shortens at the end of a run: such late dips do not count); holds if the "
+     "a dip in the last steps of the run does not count); holds if the "
      f"real designation crosses after its first step and no null crosses, at every 0 < ε ≤ {CROSSING_MAX_NOISE}"
      + ALL_SEEDS + "; needs nulls; value: the latest real crossing step (nan if one never crosses)",
      cg_shares_crossover),
