@@ -30,6 +30,12 @@ bench: venv
 dvc-repro: venv dataset
 	$(BIN)/dvc repro
 
+# On a machine with an NVIDIA GPU: the smoke study on CUDA and on the CPU, compared within the
+# tolerances stated in scripts/gpu_check.py (one line and exit 1 where there is no CUDA)
+.PHONY: gpu-check
+gpu-check: venv dataset
+	$(BIN)/python scripts/gpu_check.py
+
 venv: $(STAMP)
 
 # torch 2.14.1 / torchvision 0.29.1 are pinned: pip takes them from local wheels on the lab machines.

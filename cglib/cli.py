@@ -74,16 +74,23 @@ def read_table(path, made_by: str, hint: str = ""):
 
 
 def load_training_data(path, train_params: dict):
-    """For stages that train: torch threads and device from the train section, then the prepared
-    data on that device (a one-line error naming the file if it is missing or damaged)."""
+    """For stages that train: torch threads and device from the train section (a CUDA job
+    claims its card here, cglib.gpu), then the prepared data on that device (a one-line error
+    naming the file if it is missing or damaged, or if the device cannot be had)."""
     import torch  # lazy: stages that only read tables need no torch
 
+    from cglib import gpu
     from cglib.data import DataError, load_prepared
     from cglib.models import pick_device
 
     if train_params["threads"]:
         torch.set_num_threads(train_params["threads"])
-    device = pick_device(train_params["device"])
+    say = _logger.info if _logger is not None else print
+    try:
+        device = pick_device(train_params["device"], log=say)
+    except (RuntimeError, gpu.CardsBusy) as err:
+        fail(str(err).splitlines()[0])
+    gpu.configure(train_params, device)  # TF32 and deterministic kernels, on CUDA only
     try:
         return load_prepared(path, device), device
     except DataError as err:

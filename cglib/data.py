@@ -167,7 +167,7 @@ def fixed_sample(n: int, size: int, seed: int, device="cpu") -> torch.Tensor:
     the same examples in every run of a study, whatever the run's own seed."""
     if size >= n:
         return torch.arange(n, device=device)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same examples on any device
     return torch.randperm(n, generator=gen)[:size].sort().values.to(device)
 
 
@@ -195,8 +195,12 @@ def load_prepared(path: str | Path, device: str | torch.device = "cpu") -> dict:
     """Prepared file → dict with float x_train/x_test and int64 labels on `device`."""
     d = read_prepared(path)
     out = dict(d)
+    mean, std = d["mean"].to(device), d["std"].to(device)
     for split in ("train", "test"):
-        out[f"x_{split}"] = to_float(d[f"x_{split}"], d["mean"], d["std"]).to(device)
+        # images cross to the device as uint8 (a quarter of the float bytes) and are normalised
+        # there (on CUDA the last bit may differ from the CPU's: a division by a scalar is a
+        # multiplication by its reciprocal)
+        out[f"x_{split}"] = to_float(d[f"x_{split}"].to(device), mean, std)
         out[f"y_{split}"] = d[f"y_{split}"].to(device)
     out["input_shape"] = tuple(out["x_train"].shape[1:])
     return out

@@ -55,7 +55,7 @@ def classify_easy_hard(params: dict, data: dict, seed: int, log: Callable = prin
             return dict(hard=~correct.cpu(), p_true=torch.exp(-loss).cpu(), step=step, accuracy=acc)
         if step == d["max_steps"]:
             break
-        idx = batch_indices(step, n, batch, SEED_OFFSET + seed, cache).to(x.device)
+        idx = batch_indices(step, n, batch, SEED_OFFSET + seed, cache, x.device)
         opt.zero_grad(set_to_none=True)
         F.cross_entropy(model(x[idx]), y[idx]).backward()
         opt.step()

@@ -65,12 +65,26 @@ def build_model(model_params: dict, input_shape: tuple, num_classes: int) -> nn.
     raise ValueError(f"unknown model {model_params['name']!r}")
 
 
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is cuda but no CUDA device is available (use auto or cpu)")
-    return torch.device(device)
+def pick_device(device: str = "auto", log=print) -> torch.device:
+    """train.device → the device this process trains on. "auto" is CUDA when present, else the
+    CPU. "cuda" is the first card no other job holds, and "cuda:N" is card N once it is free
+    (cglib.gpu.claim: one lock per card, so concurrent jobs land on different cards). The result
+    always has an index, and that card becomes the current one, so a bare "cuda" anywhere
+    later (autocast, fork_rng) means this card."""
+    from cglib import gpu
+
+    if device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"train.device is {device} but no CUDA device is available (use auto or cpu)")
+    count = torch.cuda.device_count()
+    want = int(device.split(":")[1]) if ":" in device else None
+    if want is not None and want >= count:
+        raise RuntimeError(f"train.device is {device} but this job sees {count} CUDA device(s)")
+    gpu.before_cuda()
+    index = gpu.card_for_process(count, want, log)
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
 
 
 @torch.no_grad()

@@ -70,6 +70,8 @@ class ShareProbe:
         if measured:
             self.weight[measured[-1]] = 1  # the last: its own step only
         self.x, self.y = x_train, labels
+        # designations are drawn on the CPU (the same null worlds on any device); the tracker
+        # copies them to the device of x once
         self.tracker = LossShareTracker(~corrupt.bool().cpu(), k_nulls=cfg["nulls"], seed=cfg["seed"],
                                         chunk_size=cfg["chunk_size"], prime_bn=prime_bn)
         if self.tracker.note:

@@ -67,7 +67,7 @@ def _per_example_dots(model, params, g, x, y, chunk_size) -> torch.Tensor:
             def losses(ps):
                 return F.cross_entropy(functional_call(model, ps, (xc,)), yc, reduction="none")
 
-            dots.append(jvp(losses, (primals,), (tangents,))[1].double().cpu())
+            dots.append(jvp(losses, (primals,), (tangents,))[1].double())
     return torch.cat(dots)
 
 
@@ -84,7 +84,9 @@ def loss_shares(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pristine_mas
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     n = len(x)
-    masks = [torch.as_tensor(mk, dtype=torch.bool).flatten().cpu() for mk in pristine_masks]
+    # the masks select among x's examples, so they live where x does (a no-op when they already
+    # do: LossShareTracker hands them over on the device)
+    masks = [torch.as_tensor(mk, dtype=torch.bool).flatten().to(x.device) for mk in pristine_masks]
     if len(y) != n or any(len(mk) != n for mk in masks):
         raise ValueError(f"x, y and every mask must have the same length ({n})")
     params = _trainable(model)
@@ -107,8 +109,7 @@ def loss_shares(model: nn.Module, x: torch.Tensor, y: torch.Tensor, pristine_mas
         for k in todo:
             mk = masks[k]
             small = mk if int(mk.sum()) <= n // 2 else ~mk  # g^c = g − g^p: pass over the smaller
-            pick = small.to(x.device)
-            g_small = _summed_gradient(model, params, x[pick], y[pick.to(y.device)], chunk_size)
+            g_small = _summed_gradient(model, params, x[small], y[small.to(y.device)], chunk_size)
             g_gp[k] = _dot(g, g_small) if small is mk else gg - _dot(g, g_small)
             used = "backward"
     return {"gg": gg, "g_gp": g_gp, "method": used}
@@ -150,6 +151,7 @@ class LossShareTracker:
         self.n_pristine = int(self.pristine.sum())
         self.n_corrupt = len(self.pristine) - self.n_pristine
         self.nulls = null_designations(self.pristine, self.k_nulls, self.seed)
+        self._masks = {}  # device → the designations there, copied once (drawn on the CPU: the same on any device)
         self.note = None
         if self.n_corrupt == 0 or self.n_pristine == 0:
             empty = "corrupt" if self.n_corrupt == 0 else "pristine"
@@ -165,8 +167,9 @@ class LossShareTracker:
         if len(x) != len(self.pristine):
             raise ValueError(f"update needs the whole training set: {len(x)} examples given, "
                              f"{len(self.pristine)} designated")
-        shares = loss_shares(model, x, y, [self.pristine, *self.nulls], self.chunk_size, self.method,
-                             self.prime_bn)
+        if x.device not in self._masks:
+            self._masks[x.device] = [mk.to(x.device) for mk in (self.pristine, *self.nulls)]
+        shares = loss_shares(model, x, y, self._masks[x.device], self.chunk_size, self.method, self.prime_bn)
         gg = shares["gg"]
         rows = []
         for k, g_gp in enumerate(shares["g_gp"]):

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cglib import tables
+from cglib import gpu, tables
 from cglib.measuring import prime_batchnorm_mc
 from cglib.data import fixed_sample
 from cglib.models import build_model, logits
@@ -60,14 +60,17 @@ def lr_at(step: int, t: dict) -> float:
     return t["lr"]
 
 
-def batch_indices(step: int, n: int, batch: int, seed: int, cache: dict) -> torch.Tensor:
+def batch_indices(step: int, n: int, batch: int, seed: int, cache: dict, device=None) -> torch.Tensor:
     """Minibatch of `step`: epochs are fresh permutations seeded by (seed, epoch); the tail of
-    an epoch that does not fill a batch is dropped, so every batch has exactly `batch` examples."""
+    an epoch that does not fill a batch is dropped, so every batch has exactly `batch` examples.
+    The permutation is drawn on the CPU (the same batches on any device) and moved to `device`
+    once per epoch, not once per step."""
     per_epoch = n // batch
     epoch, j = divmod(step, per_epoch)
     if cache.get("epoch") != epoch:
         gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        cache.update(epoch=epoch, perm=torch.randperm(n, generator=gen))
+        perm = torch.randperm(n, generator=gen)
+        cache.update(epoch=epoch, perm=perm if device is None else perm.to(device))
     return cache["perm"][j * batch:(j + 1) * batch]
 
 
@@ -76,6 +79,34 @@ def make_optimizer(model: torch.nn.Module, t: dict) -> torch.optim.Optimizer:
         return torch.optim.Adam(model.parameters(), lr=t["lr"], weight_decay=t["weight_decay"])
     return torch.optim.SGD(model.parameters(), lr=t["lr"], momentum=t["momentum"],
                            weight_decay=t["weight_decay"])
+
+
+# ---------------------------------------------------------------------------- device options
+
+def device_options(t: dict, device: torch.device, model: torch.nn.Module, optimizer: str) -> dict:
+    """What a run trains on, as run.json records it: the device type (and the card's name), and
+    the train section's GPU options as they take effect. They act on CUDA only, so a CPU run is
+    the same whatever they say.
+    amp "bf16": autocast of the training forward passes only. Parameters, gradients, optimizer
+    and RM3 / M3 medians stay fp32, and evaluation and every probe (per-example gradient norms,
+    m-coherence, loss shares, GraNd) run outside it in fp32. A winsorized run keeps fp32
+    throughout: its per-coordinate order statistics of per-example gradients would round to ties
+    in bf16's 8 bits. (E8's records are the training pass's own logits, so bf16 ones.)
+    channels_last: only a model with convolutions has a memory format to change.
+    tf32: matmuls and convolutions with TF32 inputs (cglib.gpu.configure); off is strict fp32."""
+    cuda = device.type == "cuda"
+    convolutional = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+    out = {"type": device.type}
+    if cuda:
+        out["name"] = torch.cuda.get_device_name(device)
+    out.update(amp=t["amp"] if cuda and optimizer != "winsorized" else "none",
+               channels_last=bool(t["channels_last"] and cuda and convolutional),
+               tf32=bool(t["tf32"] and cuda))
+    return out
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -158,16 +189,30 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
     {split: (x, y)} beside the test set (E6: e-test, h-test), `inputs` digests of the input files
     (a checkpoint made from other inputs is not resumed).
     Returns {"rows": [...], "scores": per-example E8 scores (DataFrame), "status": "ok" |
-    "diverged", "steps_done", "wall_s"}."""
+    "diverged", "steps_done", "wall_s", "device": `device_options`}. Every tensor of the run
+    (data, labels, masks, probes' samples and state, gradient history) lives on the device of
+    `data`; only numbers for the results come back to the CPU."""
     t, device = params["train"], data["x_train"].device
     n, batch = len(labels), t["batch_size"]
     labels = labels.to(device)
     corrupt = corrupt.to(device) if corrupt is not None else None
-    torch.manual_seed(spec["seed"])
+    gpu.configure(t, device)  # on CUDA: deterministic kernels, TF32 as train.tf32 says
+    torch.manual_seed(spec["seed"])  # seeds every device's generator, CUDA's included
+    # built on the CPU, then moved: the same initial weights on any device
     model = build_model(params["model"], data["input_shape"], data["num_classes"]).to(device)
+    options = device_options(t, device, model, spec["optimizer"])
+    if options["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+        data = {k: _channels_last(v) if isinstance(v, torch.Tensor) else v for k, v in data.items()}
+        tests = {k: (_channels_last(x), y) for k, (x, y) in (tests or {}).items()}
+    if device.type == "cuda" or any(t[k] not in ("none", False) for k in ("amp", "channels_last", "tf32")):
+        name = f" ({options['name']})" if "name" in options else ""
+        log(f"device {device}{name}: amp {options['amp']}, channels_last {options['channels_last']}, "
+            f"tf32 {options['tf32']}" + ("" if device.type == "cuda" else " (the GPU options act on CUDA only)"))
     optimizer = make_optimizer(model, t)
     transform = make_gradient_transform(spec["optimizer"], spec["clip"], t["rolling_warmup"],
                                         t["winsorize_reading"])
+    transform.amp = torch.bfloat16 if options["amp"] == "bf16" else None
     schedule = eval_steps(t["steps"], t["eval_per_decade"])
     probes = make_probes(params, spec["optimizer"], data, labels, corrupt, log, schedule)
 
@@ -182,7 +227,7 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
     # everything the run's numbers depend on; a checkpoint is resumed only if all of it matches
     fingerprint = {"params.train": t, "params.model": params["model"], "params.data": params["data"],
                    "params.difficulty.el2n_epoch": params["difficulty"]["el2n_epoch"],
-                   "params.difficulty.seeds": params["difficulty"]["seeds"], "run": spec,
+                   "params.difficulty.seeds": params["difficulty"]["seeds"], "run": spec, "device": options,
                    **{f"input {k}": v for k, v in (inputs or {}).items()}}
     fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
     rows, start, status, resumed_at = [], 0, "ok", None
@@ -198,7 +243,7 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
         log(f"resumed from {checkpoint} at step {start}")
     elif t["bn_priming"] == "mc":  # MC appendix B; a resumed run has its statistics in the checkpoint
         seed, cache = spec["seed"] + BN_PRIME_SEED_OFFSET, {}
-        batches = (data["x_train"][batch_indices(k, n, batch, seed, cache).to(device)]
+        batches = (data["x_train"][batch_indices(k, n, batch, seed, cache, device)]
                    for k in range(t["bn_prime_steps"]))
         if passes := prime_batchnorm_mc(model, batches):
             log(f"BatchNorm statistics primed by {passes} no-op steps before step 0 (MC appendix B)")
@@ -225,7 +270,7 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
             tables.save_torch(dict(fingerprint=fingerprint, step=step, rows=rows, model=model.state_dict(),
                               optimizer=optimizer.state_dict(), transform=transform.state_dict(),
                               probes={k: p.state_dict() for k, p in probes.items()}), checkpoint)
-        idx = batch_indices(step, n, batch, spec["seed"], cache).to(device)
+        idx = batch_indices(step, n, batch, spec["seed"], cache, device)
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, t)
         optimizer.zero_grad(set_to_none=True)
@@ -240,7 +285,8 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
     if checkpoint is not None and checkpoint.exists():
         checkpoint.unlink()  # finished: the outputs now hold everything the checkpoint had
     scores = probes["scores"].frame() if "scores" in probes else None
-    return dict(rows=rows, scores=scores, status=status, steps_done=step, wall_s=time.perf_counter() - t0)
+    return dict(rows=rows, scores=scores, status=status, steps_done=step, wall_s=time.perf_counter() - t0,
+                device=options)
 
 
 def _log_eval(log: Callable, step: int, rows: list[dict]) -> None:

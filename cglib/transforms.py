@@ -36,10 +36,24 @@ def make_gradient_transform(name: str, clip: int = 0, warmup: str = "reference",
 
 
 class GradientTransform:
-    """Base: stateless transforms; ``state_dict`` records what was built, for checking."""
+    """Base: stateless transforms; ``state_dict`` records what was built, for checking.
+    ``amp``: None (fp32) or a dtype for autocast of the forward passes (cglib.train sets it on
+    CUDA for train.amp); losses and gradients stay fp32."""
+
+    amp: torch.dtype | None = None
 
     def __init__(self, name: str, clip: int = 0):
         self.name, self.clip = name, clip
+
+    def _loss(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        """Mean cross-entropy of the batch; under autocast only the forward pass: the loss is
+        taken on fp32 logits (``.float()`` is a no-op without autocast, so fp32 runs are
+        unchanged to the bit)."""
+        if self.amp is None:
+            return F.cross_entropy(model(x), y)
+        with torch.autocast(device_type=x.device.type, dtype=self.amp):
+            out = model(x)
+        return F.cross_entropy(out.float(), y)
 
     def backward(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
         raise NotImplementedError
@@ -58,11 +72,11 @@ def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
-def _plain_backward(params, model, x, y) -> tuple[Tensor, list[Tensor]]:
+def _plain_backward(params, model, x, y, loss_fn=None) -> tuple[Tensor, list[Tensor]]:
     """loss.backward() into freshly allocated grads (p.grad is *set*, never accumulated)."""
     for _, p in params:
         p.grad = None
-    loss = F.cross_entropy(model(x), y)
+    loss = loss_fn(model, x, y) if loss_fn is not None else F.cross_entropy(model(x), y)
     loss.backward()
     return loss.detach(), [p.grad if p.grad is not None else torch.zeros_like(p)
                            for _, p in params]
@@ -72,7 +86,7 @@ class Plain(GradientTransform):
     """Plain minibatch gradient: what SGD, momentum or Adam normally see."""
 
     def backward(self, model, x, y):
-        return _plain_backward(_trainable(model), model, x, y)[0]
+        return _plain_backward(_trainable(model), model, x, y, self._loss)[0]
 
 
 class Winsorized(GradientTransform):
@@ -96,6 +110,9 @@ class Winsorized(GradientTransform):
                              f"a {self.reading!r} one")
 
     def backward(self, model, x, y):
+        # always fp32, whatever ``amp`` says: the order statistics compare per-example gradient
+        # values, which bf16's 8-bit mantissa would round into ties (cglib.train records amp
+        # "none" for these runs)
         B, params = x.shape[0], _trainable(model)
         c = clip_counts(self.clip, B, self.reading)
         if c == (0, 0):
@@ -134,7 +151,7 @@ class M3(GradientTransform):
                              "not divisible by 3")
         group_grads, losses = [], []
         for xs, ys in zip(x.chunk(3), y.chunk(3)):
-            loss = F.cross_entropy(model(xs), ys)
+            loss = self._loss(model, xs, ys)
             gs = torch.autograd.grad(loss, [p for _, p in params], allow_unused=True)
             group_grads.append([torch.zeros_like(p) if g is None else g
                                 for g, (_, p) in zip(gs, params)])
@@ -169,7 +186,7 @@ class Rolling(GradientTransform):
 
     def backward(self, model, x, y):
         params = _trainable(model)
-        loss, grads = _plain_backward(params, model, x, y)
+        loss, grads = _plain_backward(params, model, x, y, self._loss)
         names = [n for n, _ in params]
         prev = [[_move(h, n, g) for n, g in zip(names, grads)] for h in self._history]
         if len(prev) < 2 and self.warmup == "reference":
@@ -216,6 +233,8 @@ class Rolling(GradientTransform):
 
 
 def _move(history: dict[str, Tensor], name: str, like: Tensor) -> Tensor:
+    """A past gradient on the device of this step's (a no-op but after a resume: checkpoints
+    load on the CPU, and the history crosses to the device once, at the first step)."""
     if name not in history or history[name].shape != like.shape:
         raise ValueError(f"gradient history does not match the model at parameter {name!r}")
     return history[name].to(device=like.device, dtype=like.dtype)

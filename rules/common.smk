@@ -1,11 +1,13 @@
 # Helpers shared by the rule files. The rule files hold only rules.
 import json
+import math
 import os
 import sys
 
 from snakemake.utils import validate
 
 from cglib import config as cgconfig
+from cglib import gpu as cggpu
 from cglib import tables as cgtables
 
 # The study's params file: params.yaml, or `--configfile studies/x.yaml`, which replaces it as a
@@ -63,8 +65,41 @@ def report_outputs():
     return [f"results/{name}" for name in cgtables.REPORT_OUTPUTS]
 
 
+# The study page's figures are also marked for `snakemake --report`, in a category per
+# experiment, with captions from report/captions/.
+REPORT_CATEGORY = {
+    "learning_curves": "E1 learning curves (CG Fig. 1)",
+    "loss_shares": "E2 loss-reduction shares (CG Figs. 2-3)",
+    "winsorization": "E3 winsorized SGD (CG §3)",
+    "robust_optimizers": "E4 RM3, RA3, M3 (W&S §3)",
+    "accuracy_by_difficulty": "E5 accuracy by difficulty (W&S Fig. 5)",
+    "easy_hard": "E6 easy / hard (W&S §4.4)",
+    "m_coherence": "E7 m-coherence (MC)",
+    "m_coherence_layers": "E7 m-coherence (MC)",
+    "difficulty_scores": "E8 difficulty scores",
+}
+
+
+def report_output(name):
+    """results/<name>, marked for Snakemake's report when it is a page, a table or a PNG."""
+    path = f"results/{name}"
+    stem, ext = os.path.splitext(os.path.basename(name))
+    if ext == ".svg":
+        return path
+    category = REPORT_CATEGORY.get(stem, "Report")
+    return report(path, caption=f"../report/captions/{stem}.rst", category=category)
+
+
 def train_threads():
     return P["train"]["threads"] or 1
+
+
+def gpu_resource():
+    """Cards one training job takes (`resources: gpu=`): 1 when train.device resolves to CUDA,
+    decided on the machine that plans the jobs ("cuda" always; "auto" when it shows an NVIDIA
+    card, checked without importing torch). profiles/gpu caps the total at the number of cards;
+    which card a job gets is settled when it starts (cglib.gpu.claim)."""
+    return cggpu.gpu_slots(P["train"]["device"])
 
 
 def check_intact(paths):
@@ -81,3 +116,103 @@ def check_intact(paths):
 
 check_intact([PREPARED, DIFFICULTY, SPLITS, *easyhard_outputs(), *run_outputs(),
               *(f"data/corrupt/noise={n}.parquet" for n in P["corrupt"]["noise"])])
+
+
+##### cluster resources (profiles/slurm): estimated from the study's params #####
+# Work is counted in example-passes (one example through the model; a training step costs three
+# per example, forward and backward) and priced at the model's multiply-adds. The estimate is
+# doubled, has a 15-minute floor, and is multiplied by the attempt: a job killed for time or
+# memory comes back with twice the request (profiles/slurm: retries). Local runs ignore them.
+INPUT_SHAPE = {"fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+FULL_SIZE = {"fashion_mnist": (60_000, 10_000), "mnist": (60_000, 10_000), "cifar10": (50_000, 10_000)}
+STEP_COST = {"sgd": 1, "m3": 1.6, "rm3": 1.3, "ra3": 1.2}  # × an SGD step's arithmetic (make bench)
+MACS_PER_SECOND = {"cpu": 1e10, "gpu": 2e12}  # per CPU thread / per GPU, on the low side
+STEP_OVERHEAD = {"cpu": 0.002, "gpu": 0.005}  # seconds of Python and kernel launches per SGD step
+TRAINING_STAGES = ("easyhard", "train", "train_subset", "train_mc")
+
+
+def data_shape():
+    d = P["data"]
+    if d["dataset"] == "synthetic":
+        s = d["synthetic"]
+        return (s["dim"],), s["n_train_total"], s["n_test_total"]
+    n_train, n_test = FULL_SIZE[d["dataset"]]
+    return INPUT_SHAPE[d["dataset"]], d["n_train"] or n_train, d["n_test"] or n_test
+
+
+def model_cost(model, shape, classes=10):
+    """Multiply-adds of one example's forward pass, and the number of weights."""
+    if model["name"] == "mlp":
+        widths = [math.prod(shape), *model["hidden"], classes]
+        macs = sum(a * b for a, b in zip(widths, widths[1:]))
+        return macs, macs
+    if model["name"] == "cnn":
+        (c, h, w), macs, weights = shape, 0, 0
+        for c_out in model["channels"]:  # 3×3 conv at full size, then a 2×2 max-pool
+            macs, weights = macs + h * w * c * c_out * 9, weights + c * c_out * 9
+            c, h, w = c_out, h // 2, w // 2
+        return macs + c * classes, weights + c * classes
+    return 0.56e9 * shape[1] * shape[2] / 1024, 11.2e6  # resnet18, 3×3 stem: 0.56 G at 32×32
+
+
+def step_cost(optimizer, clip):
+    """A step's arithmetic in SGD steps: winsorizing streams each example's gradient through
+    c + 1 running maxima and minima per side (c = 2: ≈15 here, measured ≈10–11)."""
+    return 5 * (clip + 1) if optimizer == "winsorized" else STEP_COST[optimizer]
+
+
+def training_work(stage, optimizer, clip):
+    """Example-passes, steps and model of one job of a training stage."""
+    t, d = P["train"], P["difficulty"]
+    _, n, n_test = data_shape()
+    if stage == "easyhard":  # the whole training set evaluated before every step until the threshold
+        steps = min(d["max_steps"], 3 * n // d["batch_size"] + 1)  # 50 % comes within ~2 epochs
+        return steps * (3 * d["batch_size"] + n), steps, P["model"]
+    model, steps = P["model"], t["steps"]
+    if stage == "train_subset":
+        steps = d["subset_steps"] or t["steps"]
+    if stage == "train_mc":
+        model, steps = P["mc"]["model"], P["mc"]["steps"]
+    evals = t["eval_per_decade"] * (len(str(steps)) + 1)  # eval_steps: per_decade a decade, the ends
+    c, s = t["coherence"], t["shares"]
+    work = steps * t["batch_size"] * (3 * step_cost(optimizer, clip) + 1)  # steps, E8's epoch records
+    work += evals * ((t["eval_train_sample"] or n) + n_test)  # E1
+    work += evals * 4 * (c["train_sample"] + c["test_sample"])  # E7: ≈1.2 forward+backward passes
+    if optimizer in s["optimizers"] and s["steps"]:
+        work += (min(s["steps"], steps) + evals) * 4 * n  # E2: ≈2.4 passes (+1 for BatchNorm)
+    return work, steps, model
+
+
+def slurm_resources(stage, optimizer="sgd", clip=0):
+    """runtime (minutes), mem_mb and cpus_per_task of one job of `stage` (its first attempt); a
+    training job is priced on a GPU when it asks for one (gpu_resource), else on CPU threads."""
+    shape, n, n_test = data_shape()
+    data_mb = (n + n_test) * math.prod(shape) * 4 / 2**20  # float32 tensors in memory
+    threads = P["train"]["threads"] or 4  # 0 = torch's default: every CPU the job is given
+    if stage in TRAINING_STAGES:
+        work, steps, model = training_work(stage, optimizer, clip)
+        macs, weights = model_cost(model, shape)
+        gpus = gpu_resource()
+        device = "gpu" if gpus else "cpu"
+        speed = MACS_PER_SECOND[device] * (gpus or threads)
+        overhead = steps * STEP_OVERHEAD[device] * step_cost(optimizer, clip)
+        seconds = 120 + overhead + work * macs / speed
+        # torch, Snakemake and torch.compile's workers ≈ 2 GB; CUDA's host side 2 more
+        mem_mb = 2048 * (1 + bool(gpus)) + 2 * data_mb + 10 * 4 * weights / 2**20
+        cpus = threads
+    else:  # validate, prepare, corrupt, difficulty, aggregate, report: seconds to minutes
+        rows = n * (len(GRID) if stage in ("aggregate", "report") else 1)  # one per run and example
+        seconds = 120 + rows / 2e4
+        mem_mb = 1024 + 3 * data_mb + rows * 1e-3
+        cpus = 1
+    return {"runtime": max(15, 5 * math.ceil(2 * seconds / 300)),
+            "mem_mb": 512 * math.ceil(mem_mb / 512), "cpus_per_task": cpus}
+
+
+def slurm(stage, key):
+    """One resource of a stage's jobs, for its `resources:` (runtime and mem_mb double with each
+    attempt; the optimizer and clip wildcards price a train job's step)."""
+    def value(wildcards, attempt):
+        res = slurm_resources(stage, wildcards.get("optimizer", "sgd"), int(wildcards.get("clip", 0)))
+        return res[key] * (attempt if key in ("runtime", "mem_mb") else 1)
+    return value

@@ -9,5 +9,9 @@ rule difficulty:
         "results/logs/difficulty.log",
     params:
         values=stage_values("difficulty"),
+    resources:
+        runtime=slurm("difficulty", "runtime"),
+        mem_mb=slurm("difficulty", "mem_mb"),
+        cpus_per_task=slurm("difficulty", "cpus_per_task"),
     shell:
         "python stages/difficulty.py --params {PARAMS_FILE} --easyhard results/easyhard --out results --log {log}"

@@ -7,5 +7,9 @@ rule prepare:
         "results/logs/prepare.log",
     params:
         values=stage_values("prepare"),
+    resources:
+        runtime=slurm("prepare", "runtime"),
+        mem_mb=slurm("prepare", "mem_mb"),
+        cpus_per_task=slurm("prepare", "cpus_per_task"),
     shell:
         "python stages/prepare.py --params {PARAMS_FILE} --out {output} --log {log}"

@@ -4,15 +4,20 @@ rule train:
         labels="data/corrupt/noise={noise}.parquet",
         difficulty=DIFFICULTY,
     output:
-        metrics=RUN_DIR + "/metrics.parquet",
-        examples=RUN_DIR + "/examples.parquet",
-        run=RUN_DIR + "/run.json",
+        metrics=f"{RUN_DIR}/metrics.parquet",
+        examples=f"{RUN_DIR}/examples.parquet",
+        run=f"{RUN_DIR}/run.json",
     log:
         "results/logs/train/{optimizer}_c{clip}_noise{noise}_seed{seed}.log",
     params:
         values=stage_values("train"),
         out=RUN_DIR,
     threads: train_threads()
+    resources:
+        gpu=gpu_resource(),
+        runtime=slurm("train", "runtime"),
+        mem_mb=slurm("train", "mem_mb"),
+        cpus_per_task=slurm("train", "cpus_per_task"),
     shell:
         "python stages/train.py --params {PARAMS_FILE} --data {input.data} --labels {input.labels}"
         " --difficulty {input.difficulty} --noise {wildcards.noise} --optimizer {wildcards.optimizer}"
@@ -25,15 +30,20 @@ rule train_subset:  # E6: plain SGD on e-train or h-train, clean labels
         difficulty=DIFFICULTY,
         splits=SPLITS,
     output:
-        metrics=SUBSET_RUN_DIR + "/metrics.parquet",
-        examples=SUBSET_RUN_DIR + "/examples.parquet",
-        run=SUBSET_RUN_DIR + "/run.json",
+        metrics=f"{SUBSET_RUN_DIR}/metrics.parquet",
+        examples=f"{SUBSET_RUN_DIR}/examples.parquet",
+        run=f"{SUBSET_RUN_DIR}/run.json",
     log:
         "results/logs/train/sgd_c0_{subset}_seed{seed}.log",
     params:
         values=stage_values("train_subset"),
         out=SUBSET_RUN_DIR,
     threads: train_threads()
+    resources:
+        gpu=gpu_resource(),
+        runtime=slurm("train_subset", "runtime"),
+        mem_mb=slurm("train_subset", "mem_mb"),
+        cpus_per_task=slurm("train_subset", "cpus_per_task"),
     shell:
         "python stages/train.py --params {PARAMS_FILE} --data {input.data} --difficulty {input.difficulty}"
         " --splits {input.splits} --subset {wildcards.subset} --optimizer sgd --clip 0"
@@ -45,15 +55,20 @@ rule train_mc:  # E7 in MC's conditions: the mc section's BatchNorm CNN, plain S
         data=PREPARED,
         labels="data/corrupt/noise={noise}.parquet",
     output:
-        metrics=MC_RUN_DIR + "/metrics.parquet",
-        examples=MC_RUN_DIR + "/examples.parquet",
-        run=MC_RUN_DIR + "/run.json",
+        metrics=f"{MC_RUN_DIR}/metrics.parquet",
+        examples=f"{MC_RUN_DIR}/examples.parquet",
+        run=f"{MC_RUN_DIR}/run.json",
     log:
         "results/logs/train/mc_sgd_c0_noise{noise}_seed{seed}.log",
     params:
         values=stage_values("train_mc"),
         out=MC_RUN_DIR,
     threads: train_threads()
+    resources:
+        gpu=gpu_resource(),
+        runtime=slurm("train_mc", "runtime"),
+        mem_mb=slurm("train_mc", "mem_mb"),
+        cpus_per_task=slurm("train_mc", "cpus_per_task"),
     shell:
         "python stages/train.py --params {PARAMS_FILE} --data {input.data} --labels {input.labels} --mc"
         " --noise {wildcards.noise} --optimizer sgd --clip 0 --seed {wildcards.seed} --out {params.out} --log {log}"

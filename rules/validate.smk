@@ -5,5 +5,9 @@ rule validate:
         VALIDATED,
     log:
         "results/logs/validate.log",
+    resources:
+        runtime=slurm("validate", "runtime"),
+        mem_mb=slurm("validate", "mem_mb"),
+        cpus_per_task=slurm("validate", "cpus_per_task"),
     shell:
         "python stages/validate.py --params {PARAMS_FILE} --out {output} --log {log}"

@@ -100,8 +100,9 @@ def main(argv=None):
     final = tables.final_values(df)
     # run.json holds no wall time or date: outputs stay a pure function of the params, so DVC
     # and Snakemake agree that a run made by the other engine is up to date (timing is in the log)
-    tables.write_json(dict(spec, status=result["status"], steps_done=result["steps_done"], final=final),
-                      out / "run.json")
+    # device: what the run trained on and the GPU options as they took effect (cglib.train.device_options)
+    tables.write_json(dict(spec, status=result["status"], steps_done=result["steps_done"], final=final,
+                           device=result["device"]), out / "run.json")
     log(f"done: {result['status']} on {device}, wall {result['wall_s']:.1f} s; final " +
         ", ".join(f"{k} {v:.3f}" for k, v in final.items() if k.endswith("accuracy")))
 

@@ -62,6 +62,18 @@ def workdir(tmp_path):
     """A copy of the workflow files (not data/results) in a temp folder."""
     for name in ("Snakefile", "dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, tmp_path / name)
-    for name in ("rules", "stages", "schemas", "studies", "profiles", "cglib"):
+    for name in ("rules", "stages", "schemas", "studies", "profiles", "cglib", "report"):
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     return tmp_path
+
+
+def copy_repo(dest: Path) -> Path:
+    """The repo's files (tracked and new, not ignored) in `dest`, as a fresh clone has them."""
+    dest.mkdir(parents=True)
+    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, names):
+        if (ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, dest / name)
+    return dest

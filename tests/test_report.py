@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from cglib import config, plots, report
-from conftest import PY, ROOT, run_stage
+from conftest import PY, ROOT, copy_repo, run_stage
 
 BIN = Path(PY).parent
 STUDY = "studies/smoke.yaml"
@@ -31,13 +31,7 @@ def chromium() -> str:
 def smoke(tmp_path_factory) -> Path:
     """The smoke study through Snakemake in a copy of the repo's files (tracked and new, not
     ignored), then the report stage; returns the copy's folder."""
-    root = tmp_path_factory.mktemp("smoke")
-    names = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, names):
-        if (ROOT / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, root / name)
+    root = copy_repo(tmp_path_factory.mktemp("smoke") / "repo")
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
     proc = subprocess.run([str(BIN / "snakemake"), "--cores", "2", "--configfile", STUDY], cwd=root, env=env,
                           capture_output=True, text=True, timeout=900)
