@@ -22,7 +22,7 @@ run: venv dataset
 
 # two workers: most tests wait on a subprocess (a stage, an engine), so two run side by side
 test: venv dataset browser
-	$(BIN)/python -m pytest -q -n 2
+	$(BIN)/python -m pytest -q -n 2 --durations=10
 
 bench: venv
 	$(BIN)/python -m benchmarks

@@ -77,3 +77,26 @@ def copy_repo(dest: Path) -> Path:
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, dest / name)
     return dest
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory, worker_id) -> Path:
+    """The smoke study, run by Snakemake once per test session in a copy of the repo; the xdist
+    workers share it through a file lock. Tests read it and must not change it."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    base = base if worker_id == "master" else base.parent  # one folder for every worker of this session
+    root, done = base / "smoke-study", base / "smoke-study.done"
+    with FileLock(str(base / "smoke-study.lock")):
+        if not done.is_file():
+            if root.exists():
+                shutil.rmtree(root)
+            copy_repo(root)
+            env = dict(os.environ, PATH=f"{Path(PY).parent}{os.pathsep}{os.environ['PATH']}")
+            proc = subprocess.run([str(Path(PY).parent / "snakemake"), "--cores", "2", "--configfile",
+                                   "studies/smoke.yaml"], cwd=root, env=env, capture_output=True, text=True,
+                                  timeout=900)
+            assert proc.returncode == 0, proc.stderr[-3000:]
+            done.write_text("ok\n")
+    return root

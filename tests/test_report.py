@@ -28,16 +28,11 @@ def chromium() -> str:
 
 
 @pytest.fixture(scope="session")
-def smoke(tmp_path_factory) -> Path:
-    """The smoke study through Snakemake in a copy of the repo's files (tracked and new, not
-    ignored), then the report stage; returns the copy's folder."""
-    root = copy_repo(tmp_path_factory.mktemp("smoke") / "repo")
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run([str(BIN / "snakemake"), "--cores", "2", "--configfile", STUDY], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (root / "results" / "report.html").is_file()  # the report rule is part of the default target
-    return root
+def smoke(smoke_study) -> Path:
+    """The smoke study through Snakemake (conftest.smoke_study, shared with tests/test_slurm.py);
+    the report rule is part of its default target."""
+    assert (smoke_study / "results" / "report.html").is_file()
+    return smoke_study
 
 
 def tables(root: Path):
