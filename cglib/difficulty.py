@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cglib.models import build_model
+from cglib.tables import histogram  # noqa: F401  (the stages import it from here)
 from cglib.train import batch_indices, per_example
 
 # The easy/hard runs draw their initial weights from their own seed range, so that easy/hard
@@ -143,9 +144,3 @@ def cross_splits(diff: pd.DataFrame, d: dict, min_train: int = 1) -> pd.DataFram
                   pd.DataFrame({"example": np.sort(chosen[n_train:]), "subset": te})]
     out = pd.concat(parts, ignore_index=True)
     return out.astype({"example": "int64", "subset": "string"})
-
-
-def histogram(diff: pd.DataFrame, k: int) -> pd.DataFrame:
-    """difficulty 0…K → number of examples (zeros included)."""
-    counts = diff["difficulty"].value_counts().reindex(range(k + 1), fill_value=0)
-    return pd.DataFrame({"difficulty": range(k + 1), "count": counts.to_numpy()})

@@ -32,13 +32,6 @@ WALL = re.compile(r"done: (\S+) on (\S+), wall ([0-9.]+) s")
 
 # ---------------------------------------------------------------------------- inputs
 
-def histogram(difficulty: pd.DataFrame, k: int) -> pd.DataFrame:
-    """difficulty 0…K → number of examples, as cglib.difficulty.histogram (which imports torch:
-    3–4 s of a report stage that otherwise takes a few)."""
-    counts = difficulty["difficulty"].value_counts().reindex(range(k + 1), fill_value=0)
-    return pd.DataFrame({"difficulty": range(k + 1), "count": counts.to_numpy()})
-
-
 def prepare(metrics: pd.DataFrame, runs: pd.DataFrame, hist: pd.DataFrame, seeds: pd.DataFrame | None,
             params: dict) -> SimpleNamespace:
     """The tables every figure and section reads. `main`: the runs of the study's own model

@@ -338,6 +338,13 @@ def score_correlations(metrics: pd.DataFrame) -> pd.DataFrame:
     return wide.reindex(columns=cols).sort_values(["subset", "noise", "optimizer", "run", "score"]).reset_index(drop=True)
 
 
+def histogram(diff: pd.DataFrame, k: int) -> pd.DataFrame:
+    """difficulty 0…K → number of examples (zeros included). Here, not in cglib.difficulty, so the
+    report stage reads it without importing torch."""
+    counts = diff["difficulty"].value_counts().reindex(range(k + 1), fill_value=0)
+    return pd.DataFrame({"difficulty": range(k + 1), "count": counts.to_numpy()})
+
+
 def difficulty_plot_table(e5: pd.DataFrame, hist: pd.DataFrame) -> pd.DataFrame:
     """For `dvc plots`: difficulty, count (examples of the training set at that level), then one
     column of final training accuracy per run."""

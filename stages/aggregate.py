@@ -7,7 +7,6 @@ from pathlib import Path
 import pandas as pd
 
 from cglib import cli, config, tables
-from cglib.difficulty import histogram
 
 
 def main(argv=None):
@@ -41,7 +40,7 @@ def main(argv=None):
     runs_df = pd.DataFrame(runs)
     examples_df = pd.concat(examples, ignore_index=True).astype(tables.EXAMPLE_COLUMNS)
     diff = read(args.difficulty, "the difficulty stage")
-    hist = histogram(diff, len(params["difficulty"]["seeds"]))
+    hist = tables.histogram(diff, len(params["difficulty"]["seeds"]))
     seeds = pd.read_csv(args.difficulty_seeds)
     e5 = tables.accuracy_by_difficulty(metrics)
     e6 = tables.cross_generalization(metrics)

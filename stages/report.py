@@ -22,7 +22,7 @@ def main(argv=None):
         return cli.read_table(res / name, made_by, f" (rm {res / name}; then snakemake --cores all, or dvc repro)")
 
     metrics, runs = read("metrics.parquet"), read("runs.parquet")
-    hist = report.histogram(read("difficulty.parquet", "the difficulty stage"), len(params["difficulty"]["seeds"]))
+    hist = tables.histogram(read("difficulty.parquet", "the difficulty stage"), len(params["difficulty"]["seeds"]))
     seeds_csv = res / "difficulty_seeds.csv"
     seeds = pd.read_csv(seeds_csv) if seeds_csv.is_file() else None
 

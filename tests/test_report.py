@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from cglib import config, plots, report
+from cglib.tables import histogram
 from conftest import PY, ROOT, copy_repo, run_stage
 
 BIN = Path(PY).parent
@@ -38,7 +39,7 @@ def smoke(smoke_study) -> Path:
 def tables(root: Path):
     params = config.load_params(root / STUDY)
     res = root / "results"
-    hist = report.histogram(pd.read_parquet(res / "difficulty.parquet"), len(params["difficulty"]["seeds"]))
+    hist = histogram(pd.read_parquet(res / "difficulty.parquet"), len(params["difficulty"]["seeds"]))
     return (pd.read_parquet(res / "metrics.parquet"), pd.read_parquet(res / "runs.parquet"), hist,
             pd.read_csv(res / "difficulty_seeds.csv"), params)
 
