@@ -21,8 +21,12 @@ report: "report/workflow.rst"  # `snakemake --report results/snakemake-report.ht
 
 
 ##### target rule #####
+localrules: validate  # a second's check: on a cluster it runs where Snakemake runs, not as a job
+
+
 rule all:
     input:
+        VALIDATED,  # a target, not an input of prepare: see rules/validate.smk
         aggregate_outputs(),
         report_outputs(),
 

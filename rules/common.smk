@@ -11,7 +11,10 @@ from cglib import gpu as cggpu
 from cglib import tables as cgtables
 
 # The study's params file: params.yaml, or `--configfile studies/x.yaml`, which replaces it as a
-# whole (the stages read one file, so the Snakefile must see exactly that file too).
+# whole (the stages read one file, so the Snakefile must see exactly that file too). Every rule
+# takes it as an ancient input: its stage reads it, but an edit re-runs only the stages whose own
+# values changed (their `params: values=`), not everything after it. Another file name is
+# another input, so switching files re-runs the study even where the contents agree.
 PARAMS_FILE = "params.yaml"
 if workflow.overwrite_configfiles:
     PARAMS_FILE = os.path.relpath(workflow.overwrite_configfiles[-1])
@@ -32,6 +35,8 @@ MC_RUN_DIR = "results/runs/mc_sgd_c0_noise{noise}_seed{seed}"
 DIFFICULTY = "results/difficulty.parquet"
 VALIDATED = "results/params.ok"  # the validate stage's marker: first in the DAG
 SPLITS = "results/difficulty_splits.parquet"
+# every rule's software, for `--software-deployment-method conda` (relative to rules/)
+SOFTWARE = "../envs/cglib.yaml"
 
 
 wildcard_constraints:

@@ -1,10 +1,13 @@
 rule corrupt:
     input:
-        PREPARED,
+        params=ancient(PARAMS_FILE),
+        data=PREPARED,
     output:
         "data/corrupt/noise={noise}.parquet",
     log:
         "results/logs/corrupt/noise={noise}.log",
+    conda:
+        SOFTWARE
     params:
         values=stage_values("corrupt"),
     resources:
@@ -12,5 +15,5 @@ rule corrupt:
         mem_mb=slurm("corrupt", "mem_mb"),
         cpus_per_task=slurm("corrupt", "cpus_per_task"),
     shell:
-        "python stages/corrupt.py --params {PARAMS_FILE} --data {input} --noise {wildcards.noise}"
+        "python stages/corrupt.py --params {input.params} --data {input.data} --noise {wildcards.noise}"
         " --out {output} --log {log}"

@@ -1,10 +1,13 @@
 rule easyhard:
     input:
-        PREPARED,
+        params=ancient(PARAMS_FILE),
+        data=PREPARED,
     output:
         "results/easyhard/seed={dseed}.parquet",
     log:
         "results/logs/easyhard/seed={dseed}.log",
+    conda:
+        SOFTWARE
     params:
         values=stage_values("easyhard"),
     threads: train_threads()
@@ -14,5 +17,5 @@ rule easyhard:
         mem_mb=slurm("easyhard", "mem_mb"),
         cpus_per_task=slurm("easyhard", "cpus_per_task"),
     shell:
-        "python stages/easyhard.py --params {PARAMS_FILE} --data {input} --seed {wildcards.dseed}"
+        "python stages/easyhard.py --params {input.params} --data {input.data} --seed {wildcards.dseed}"
         " --out {output} --log {log}"

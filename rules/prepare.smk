@@ -1,10 +1,12 @@
 rule prepare:
     input:
-        ancient(VALIDATED),  # order only: its timestamp must not re-run the study
+        params=ancient(PARAMS_FILE),
     output:
         PREPARED,
     log:
         "results/logs/prepare.log",
+    conda:
+        SOFTWARE
     params:
         values=stage_values("prepare"),
     resources:
@@ -12,4 +14,4 @@ rule prepare:
         mem_mb=slurm("prepare", "mem_mb"),
         cpus_per_task=slurm("prepare", "cpus_per_task"),
     shell:
-        "python stages/prepare.py --params {PARAMS_FILE} --out {output} --log {log}"
+        "python stages/prepare.py --params {input.params} --out {output} --log {log}"

@@ -2,6 +2,7 @@
 # category per experiment, with its caption from report/captions/.
 rule report:
     input:
+        params=ancient(PARAMS_FILE),
         metrics="results/metrics.parquet",
         runs="results/runs.parquet",
         difficulty=DIFFICULTY,
@@ -10,12 +11,13 @@ rule report:
         [report_output(name) for name in cgtables.REPORT_OUTPUTS],
     log:
         "results/logs/report.log",
-    params:  # the page shows the whole params file: any value change redraws it (the file's path
-        # is no input: studies/x.yaml under Snakemake and params.yaml under DVC are the same study)
+    conda:
+        SOFTWARE
+    params:  # the page shows the whole params file: any value change redraws it
         values=json.dumps(P, sort_keys=True),
     resources:
         runtime=slurm("report", "runtime"),
         mem_mb=slurm("report", "mem_mb"),
         cpus_per_task=slurm("report", "cpus_per_task"),
     shell:
-        "python stages/report.py --params {PARAMS_FILE} --results results --out results --log {log}"
+        "python stages/report.py --params {input.params} --results results --out results --log {log}"

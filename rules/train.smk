@@ -1,5 +1,6 @@
 rule train:
     input:
+        params=ancient(PARAMS_FILE),
         data=PREPARED,
         labels="data/corrupt/noise={noise}.parquet",
         difficulty=DIFFICULTY,
@@ -9,6 +10,8 @@ rule train:
         run=f"{RUN_DIR}/run.json",
     log:
         "results/logs/train/{optimizer}_c{clip}_noise{noise}_seed{seed}.log",
+    conda:
+        SOFTWARE
     params:
         values=stage_values("train"),
         out=RUN_DIR,
@@ -19,13 +22,14 @@ rule train:
         mem_mb=slurm("train", "mem_mb"),
         cpus_per_task=slurm("train", "cpus_per_task"),
     shell:
-        "python stages/train.py --params {PARAMS_FILE} --data {input.data} --labels {input.labels}"
+        "python stages/train.py --params {input.params} --data {input.data} --labels {input.labels}"
         " --difficulty {input.difficulty} --noise {wildcards.noise} --optimizer {wildcards.optimizer}"
         " --clip {wildcards.clip} --seed {wildcards.seed} --out {params.out} --log {log}"
 
 
 rule train_subset:  # E6: plain SGD on e-train or h-train, clean labels
     input:
+        params=ancient(PARAMS_FILE),
         data=PREPARED,
         difficulty=DIFFICULTY,
         splits=SPLITS,
@@ -35,6 +39,8 @@ rule train_subset:  # E6: plain SGD on e-train or h-train, clean labels
         run=f"{SUBSET_RUN_DIR}/run.json",
     log:
         "results/logs/train/sgd_c0_{subset}_seed{seed}.log",
+    conda:
+        SOFTWARE
     params:
         values=stage_values("train_subset"),
         out=SUBSET_RUN_DIR,
@@ -45,13 +51,14 @@ rule train_subset:  # E6: plain SGD on e-train or h-train, clean labels
         mem_mb=slurm("train_subset", "mem_mb"),
         cpus_per_task=slurm("train_subset", "cpus_per_task"),
     shell:
-        "python stages/train.py --params {PARAMS_FILE} --data {input.data} --difficulty {input.difficulty}"
+        "python stages/train.py --params {input.params} --data {input.data} --difficulty {input.difficulty}"
         " --splits {input.splits} --subset {wildcards.subset} --optimizer sgd --clip 0"
         " --seed {wildcards.seed} --out {params.out} --log {log}"
 
 
 rule train_mc:  # E7 in MC's conditions: the mc section's BatchNorm CNN, plain SGD, real vs random labels
     input:
+        params=ancient(PARAMS_FILE),
         data=PREPARED,
         labels="data/corrupt/noise={noise}.parquet",
     output:
@@ -60,6 +67,8 @@ rule train_mc:  # E7 in MC's conditions: the mc section's BatchNorm CNN, plain S
         run=f"{MC_RUN_DIR}/run.json",
     log:
         "results/logs/train/mc_sgd_c0_noise{noise}_seed{seed}.log",
+    conda:
+        SOFTWARE
     params:
         values=stage_values("train_mc"),
         out=MC_RUN_DIR,
@@ -70,5 +79,5 @@ rule train_mc:  # E7 in MC's conditions: the mc section's BatchNorm CNN, plain S
         mem_mb=slurm("train_mc", "mem_mb"),
         cpus_per_task=slurm("train_mc", "cpus_per_task"),
     shell:
-        "python stages/train.py --params {PARAMS_FILE} --data {input.data} --labels {input.labels} --mc"
+        "python stages/train.py --params {input.params} --data {input.data} --labels {input.labels} --mc"
         " --noise {wildcards.noise} --optimizer sgd --clip 0 --seed {wildcards.seed} --out {params.out} --log {log}"

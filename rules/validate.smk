@@ -1,13 +1,20 @@
 # Snakemake validates the whole params file on every invocation (rules/common.smk); this rule
-# only makes the same marker as DVC's first stage, so both engines describe the same files.
+# only makes the same marker as DVC's first stage, so both engines describe the same files. It is
+# a target of `all`, not an (ancient) input of prepare: when a job that ancient inputs come from
+# must re-run, Snakemake 9 skips the needrun check of every job below it, so a changed value
+# would not re-run its stage (snakemake/snakemake#4166; tests/test_pipeline.py checks).
 rule validate:
+    input:
+        params=PARAMS_FILE,  # an edit re-validates
     output:
         VALIDATED,
     log:
         "results/logs/validate.log",
+    conda:
+        SOFTWARE
     resources:
         runtime=slurm("validate", "runtime"),
         mem_mb=slurm("validate", "mem_mb"),
         cpus_per_task=slurm("validate", "cpus_per_task"),
     shell:
-        "python stages/validate.py --params {PARAMS_FILE} --out {output} --log {log}"
+        "python stages/validate.py --params {input.params} --out {output} --log {log}"

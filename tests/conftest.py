@@ -62,7 +62,7 @@ def workdir(tmp_path):
     """A copy of the workflow files (not data/results) in a temp folder."""
     for name in ("Snakefile", "dvc.yaml", "params.yaml", ".dvcignore"):
         shutil.copy(ROOT / name, tmp_path / name)
-    for name in ("rules", "stages", "schemas", "studies", "profiles", "cglib", "report"):
+    for name in ("rules", "stages", "schemas", "studies", "profiles", "cglib", "report", "envs"):
         shutil.copytree(ROOT / name, tmp_path / name, ignore=shutil.ignore_patterns("__pycache__"))
     return tmp_path
 
