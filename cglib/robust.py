@@ -195,13 +195,27 @@ def _update(kinds, tops, bots, srcs):
     return new_tops, new_bots
 
 
-def _clipped_sum(kinds, accs, los, his, srcs):
+def _clipped_sums(kinds, tops, bots, srcs):
+    """Sum over the B rows of clamp(x, bot[-1], top[-1]) without a second pass over the rows:
+    clamping replaces exactly the hi values above the (hi+1)-th largest (top[:-1]) by it and the
+    lo values below the (lo+1)-th smallest by that, whatever the ties, as lo + hi < B. So the
+    clipped sum is the plain sum (one matmul for an outer source), minus those values, plus
+    their replacements. In float64: the plain sum holds the outliers that clipping removes, and
+    in float32 their rounding error (eps x the largest value) would outweigh a small result."""
     out = []
-    for kind, acc, lo, hi, src in zip(kinds, accs, los, his, srcs):
-        for x in _rows(kind, src):
-            acc = acc + torch.clamp(x, lo, hi)
-        out.append(acc)
+    for kind, top, bot, src in zip(kinds, tops, bots, srcs):
+        wide = [t.double() for t in src]
+        total = wide[0].sum(0) if kind == "dense" else wide[0].t() @ wide[1]
+        out.append(_run(_replace_clipped, _want_compile(total.device), total, top, bot).to(src[0].dtype))
     return out
+
+
+def _replace_clipped(total, top, bot):
+    for t in top[:-1]:
+        total = total - t.double()
+    for b in bot[:-1]:
+        total = total - b.double()
+    return total + (len(top) - 1) * top[-1].double() + (len(bot) - 1) * bot[-1].double()
 
 
 def _stream(kinds, srcs, shapes, counts):
@@ -218,11 +232,7 @@ def _stream(kinds, srcs, shapes, counts):
               for i in range(0, B, _ROWS)]
     for compile_chunk, chunk in chunks:
         tops, bots = _run(_update, compile_chunk, kinds, tops, bots, chunk)
-    accs = [ref.new_zeros(shape) for shape in shapes]
-    los, his = [b[-1] for b in bots], [t[-1] for t in tops]
-    for compile_chunk, chunk in chunks:
-        accs = _run(_clipped_sum, compile_chunk, kinds, accs, los, his, chunk)
-    return [acc.div_(B) for acc in accs]
+    return [acc.div_(B) for acc in _clipped_sums(kinds, tops, bots, srcs)]
 
 
 _compile_mode = os.environ.get("CGLIB_COMPILE", "auto")

@@ -11,7 +11,7 @@ from torch import nn
 
 from cglib import robust
 from cglib.pergrad import per_example_grads_reference
-from cglib.robust import median_of_3, winsorized_mean
+from cglib.robust import median_of_3, winsorized_mean, winsorized_outer_mean
 from cglib.transforms import make_gradient_transform
 
 TIGHT = dict(rtol=1e-6, atol=1e-6)
@@ -39,8 +39,9 @@ def ints(*shape, seed=0, lo=-3, hi=4):
 
 
 def sort_winsorized(g, c):
+    """The definition, summed in float64 (so the reference itself carries no float32 rounding)."""
     s = g.sort(0).values
-    return torch.clamp(g, s[c], s[g.shape[0] - 1 - c]).mean(0)
+    return torch.clamp(g.double(), s[c].double(), s[g.shape[0] - 1 - c].double()).mean(0).to(g.dtype)
 
 
 # ------------------------------------------------------------------ median_of_3 -------------
@@ -100,6 +101,17 @@ def test_winsorized_mean_matches_sort_reference_on_continuous_data(B, c, shape):
     g = torch.randn(B, *shape, generator=torch.Generator().manual_seed(B)) * 10 ** torch.randint(
         -3, 4, (B, *shape), generator=torch.Generator().manual_seed(c))  # mixed scales
     torch.testing.assert_close(winsorized_mean(g, c), sort_winsorized(g, c), **TIGHT)
+
+
+def test_winsorized_mean_is_not_swamped_by_the_outliers_it_clips():
+    """The clipped sum is formed as plain sum - clipped values + their replacements: in float32
+    the outliers' rounding error (1e6 x eps) would swamp a mean of order 1."""
+    g = torch.randn(40, 500, generator=torch.Generator().manual_seed(3))
+    g[:2] = 1e6 * torch.sign(torch.randn(2, 500, generator=torch.Generator().manual_seed(4)))
+    d, a = g[:, :50].clone(), torch.ones(40, 10)  # the outer form of the same rows
+    torch.testing.assert_close(winsorized_mean(g, 2), sort_winsorized(g, 2), **TIGHT)
+    torch.testing.assert_close(winsorized_outer_mean(d, a, 2),
+                               sort_winsorized(d[:, :, None] * a[:, None, :], 2), **TIGHT)
 
 
 @pytest.mark.parametrize("B", [20, 25])  # 25: two chunks of 10 and a short one of 5
