@@ -84,10 +84,10 @@ def check_results(res: Path):
     assert (res / "plots" / "learning_curves.png").stat().st_size > 10_000
 
 
-def test_smoke_study_snakemake_then_dvc(workdir):
-    sh(["git", "init", "-q"], workdir)
-    sh([str(BIN / "dvc"), "init", "-q"], workdir)
-    sh([str(BIN / "snakemake"), "--cores", "2", "--configfile", "studies/smoke.yaml"], workdir)
+def test_smoke_study_snakemake_then_dvc(tmp_path, smoke_study):
+    workdir = tmp_path / "study"  # the session's Snakemake run of the smoke study, copied with
+    shutil.copytree(smoke_study, workdir, symlinks=True)  # its timestamps and Snakemake's records
+    sh(["git", "init", "-q"], workdir)  # .dvc/ is there already, as in a clone
     res = workdir / "results"
     check_results(res)
     first = {p: md5(res / p) for p in ("metrics.parquet", "runs.parquet")}
