@@ -31,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKFLOW = ("Snakefile", "rules", "stages", "schemas", "report", "profiles")  # cglib is installed
+WORKFLOW = ("Snakefile", "rules", "stages", "schemas", "report", "profiles", "envs")  # cglib is installed
 KEY = ["run", "experiment", "step", "split", "metric", "layer", "null"]
 
 
