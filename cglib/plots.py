@@ -4,6 +4,9 @@ Each `*_fig` function takes results tables and returns a Figure, or None when th
 measure what it shows (the report then omits the section and `save` writes `placeholder`).
 Where a study has several seeds, curves are the seed mean with a ±1 sd band (group by everything
 but seed); one seed gives a plain line.
+
+Nine figures of about 40 lines each share the styling helpers at the top, so they stay in one
+module (about 470 lines): a change of look is made in one place.
 """
 from __future__ import annotations
 
