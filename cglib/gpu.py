@@ -31,7 +31,6 @@ import threading
 import time
 from pathlib import Path
 
-DEVICE_PATTERN = r"^(auto|cpu|cuda(:[0-9]+)?)$"  # schemas/params.schema.yaml, train.device
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")  # one entry per card the driver sees
 
 
@@ -57,9 +56,8 @@ def nvidia_cards_visible() -> bool:
 
 
 def gpu_slots(device: str) -> int:
-    """Cards one job of a training stage needs with train.device = `device` (0 or 1)."""
-    if not re.match(DEVICE_PATTERN, device):
-        raise ValueError(f"train.device: {device!r} is not auto, cpu, cuda or cuda:N")
+    """Cards one job of a training stage needs with train.device = `device` (0 or 1; the
+    params schema has checked its spelling)."""
     if device.startswith("cuda"):
         return 1
     return int(device == "auto" and nvidia_cards_visible())

@@ -1,4 +1,5 @@
 # Helpers shared by the rule files. The rule files hold only rules.
+import functools
 import json
 import math
 import os
@@ -99,6 +100,7 @@ def train_threads():
     return P["train"]["threads"] or 1
 
 
+@functools.cache  # the same for every job: the params and this machine
 def gpu_resource():
     """Cards one training job takes (`resources: gpu=`): 1 when train.device resolves to CUDA,
     decided on the machine that plans the jobs ("cuda" always; "auto" when it shows an NVIDIA
@@ -188,6 +190,7 @@ def training_work(stage, optimizer, clip):
     return work, steps, model
 
 
+@functools.cache  # each job's three resources ask for the same estimate
 def slurm_resources(stage, optimizer="sgd", clip=0):
     """runtime (minutes), mem_mb and cpus_per_task of one job of `stage` (its first attempt); a
     training job is priced on a GPU when it asks for one (gpu_resource), else on CPU threads."""
@@ -205,7 +208,7 @@ def slurm_resources(stage, optimizer="sgd", clip=0):
         # torch, Snakemake and torch.compile's workers ≈ 2 GB; CUDA's host side 2 more
         mem_mb = 2048 * (1 + bool(gpus)) + 2 * data_mb + 10 * 4 * weights / 2**20
         cpus = threads
-    else:  # validate, prepare, corrupt, difficulty, aggregate, report: seconds to minutes
+    else:  # prepare, corrupt, difficulty, aggregate, report: seconds to minutes
         rows = n * (len(GRID) if stage in ("aggregate", "report") else 1)  # one per run and example
         seconds = 120 + rows / 2e4
         mem_mb = 1024 + 3 * data_mb + rows * 1e-3

@@ -12,9 +12,5 @@ rule validate:
         "results/logs/validate.log",
     conda:
         SOFTWARE
-    resources:
-        runtime=slurm("validate", "runtime"),
-        mem_mb=slurm("validate", "mem_mb"),
-        cpus_per_task=slurm("validate", "cpus_per_task"),
     shell:
         "python stages/validate.py --params {input.params} --out {output} --log {log}"
