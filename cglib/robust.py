@@ -195,7 +195,7 @@ def _update(kinds, tops, bots, srcs):
     return new_tops, new_bots
 
 
-def _clipped_sums(kinds, tops, bots, srcs):
+def _clipped_sums(kinds, tops, bots, srcs, compiled: bool):
     """Sum over the B rows of clamp(x, bot[-1], top[-1]) without a second pass over the rows:
     clamping replaces exactly the hi values above the (hi+1)-th largest (top[:-1]) by it and the
     lo values below the (lo+1)-th smallest by that, whatever the ties, as lo + hi < B. So the
@@ -206,7 +206,7 @@ def _clipped_sums(kinds, tops, bots, srcs):
     for kind, top, bot, src in zip(kinds, tops, bots, srcs):
         wide = [t.double() for t in src]
         total = wide[0].sum(0) if kind == "dense" else wide[0].t() @ wide[1]
-        out.append(_run(_replace_clipped, _want_compile(total.device), total, top, bot).to(src[0].dtype))
+        out.append(_run(_replace_clipped, compiled, total, top, bot).to(src[0].dtype))
     return out
 
 
@@ -226,13 +226,12 @@ def _stream(kinds, srcs, shapes, counts):
     tops = [tuple(ref.new_full(shape, fin.min) for _ in range(hi + 1)) for shape in shapes]
     bots = [tuple(ref.new_full(shape, fin.max) for _ in range(lo + 1)) for shape in shapes]
     compiled = _want_compile(ref.device)
-    # (compile this chunk?, its rows of every source). A short last chunk (B=99: 9 rows) is
+    # One compiled call per chunk of rows of every source. A short last chunk (B=99: 9 rows) is
     # compiled too, a second graph paid once per cache: eagerly it cost a third of the step.
-    chunks = [(compiled, [tuple(t[i:i + _ROWS] for t in src) for src in srcs])
-              for i in range(0, B, _ROWS)]
-    for compile_chunk, chunk in chunks:
-        tops, bots = _run(_update, compile_chunk, kinds, tops, bots, chunk)
-    return [acc.div_(B) for acc in _clipped_sums(kinds, tops, bots, srcs)]
+    for i in range(0, B, _ROWS):
+        chunk = [tuple(t[i:i + _ROWS] for t in src) for src in srcs]
+        tops, bots = _run(_update, compiled, kinds, tops, bots, chunk)
+    return [acc.div_(B) for acc in _clipped_sums(kinds, tops, bots, srcs, compiled)]
 
 
 _compile_mode = os.environ.get("CGLIB_COMPILE", "auto")
