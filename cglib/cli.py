@@ -62,15 +62,18 @@ def fail(message: str, code: int = 1):
     raise SystemExit(code)
 
 
+REBUILD = " (rm {path}; then snakemake --cores all, or dvc repro)"  # a hint for read_table
+
+
 def read_table(path, made_by: str, hint: str = ""):
     """A Parquet input of a stage; a damaged or missing one is a one-line error naming it and
-    `made_by`, the stage that rebuilds it (plus `hint`)."""
+    `made_by`, the stage that rebuilds it (plus `hint`, where {path} is the file: REBUILD)."""
     from cglib.tables import DamagedFile, read_parquet
 
     try:
         return read_parquet(path, made_by)
     except DamagedFile as err:
-        fail(f"{err}{hint}")
+        fail(f"{err}{hint.format(path=path)}")
 
 
 def load_training_data(path, train_params: dict):

@@ -40,7 +40,7 @@ EARLY_STEPS = 10
 CROSSING_MAX_NOISE = 0.5
 # tables.share_crossings: f^p must stay below f^c for this many tracked steps in a row ("a single
 # noisy dip is not a crossing"); a dip within the last steps of the run cannot start one
-CROSSING_HOLD = 5
+CROSSING_HOLD = tables.CROSSING_HOLD
 # MC §6: peak ≈10^4 with real labels vs ≈10^2 with random ones; app. B, the fully connected layer:
 # random "quite low reaching 10 at the peak", real "usually above 10 ... even exceeds 100". The
 # smallest contrast the paper calls "much higher" is one order of magnitude.
@@ -234,8 +234,10 @@ def ws_ra3_ablation(ctx) -> dict:
 
 
 def _by_difficulty(ctx) -> pd.DataFrame:
-    abd = tables.accuracy_by_difficulty(ctx["main"])
-    return abd[(abd["noise"] == 0) & (abd["count"] > 0)]
+    if "by_difficulty" not in ctx:  # two claims read it
+        abd = tables.accuracy_by_difficulty(ctx["main"])
+        ctx["by_difficulty"] = abd[(abd["noise"] == 0) & (abd["count"] > 0)]
+    return ctx["by_difficulty"]
 
 
 def ws_difficulty_accuracy(ctx) -> dict:

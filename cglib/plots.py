@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from cglib.tables import _atomic  # noqa: E402
+from cglib.tables import _atomic, last_step  # noqa: E402
 
 # SVG ids are hashes salted by a random value unless fixed, and SVG/PDF carry a date: both would
 # make the same tables give different bytes
@@ -121,11 +121,6 @@ def _curves(metrics: pd.DataFrame, metric_names) -> pd.DataFrame:
                    & (metrics["subset"] == "full")]
 
 
-def _final(df: pd.DataFrame) -> pd.DataFrame:
-    """Last-step rows of each run."""
-    return df[df["step"] == df.groupby("run")["step"].transform("max")]
-
-
 # ---------------------------------------------------------------------------- CG
 
 def learning_curves_fig(metrics: pd.DataFrame):
@@ -205,7 +200,7 @@ def winsorization_fig(metrics: pd.DataFrame):
     df = df.assign(c=df["clip"].fillna(0).astype(int))
     levels, noises = sorted(df["c"].unique()), sorted(df["noise"].unique())
     fig, axes = _grid(2, len(noises), w=3.0, h=2.7, sharey="row")
-    final = _final(df)
+    final = last_step(df)
     final_style = {("accuracy", "train"): ("C0", "o", "train"), ("accuracy", "test"): ("C1", "s", "test"),
                    ("overfit", "train"): ("C4", "^", "overfit")}
     for j, noise in enumerate(noises):

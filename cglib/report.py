@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from cglib import plots, tables
+from cglib import findings, plots, tables
 
 FIGURES, OUTPUTS = tables.REPORT_FIGURES, tables.REPORT_OUTPUTS
 # W&S §4.3 (Fig. 5a), RM3 on ImageNet: top-1 training accuracy of the easiest and hardest examples
@@ -136,8 +136,8 @@ def _seeds_note(df: pd.DataFrame) -> str:
 def _finals(df: pd.DataFrame, keys: list[str], columns: dict) -> pd.DataFrame:
     """Last-step values per run → one row per `keys`, mean ± sd over seeds of each column
     (columns: label → (metric, split))."""
-    last = df[(df["step"] == df.groupby("run")["step"].transform("max")) & (df["layer"] == "all")
-              & (df["null"] == -1)]
+    last = tables.last_step(df)
+    last = last[(last["layer"] == "all") & (last["null"] == -1)]
     last = last.assign(optimizer=_in_order(last["optimizer"]))
     rows = []
     for key, g in last.groupby(keys, sort=True, observed=True):
@@ -203,16 +203,17 @@ def _crossings(metrics: pd.DataFrame) -> dict:
     """CG §2.4: the step from which f^p stays below f^c, real designation and each null world."""
     rows = []
     e2 = metrics[metrics["experiment"] == "E2"]
+    meta_of = e2.drop_duplicates("run").set_index("run")
     for run, d in tables.share_crossings(e2).items():
-        meta = e2[e2["run"] == run].iloc[0]
+        meta = meta_of.loc[run]
         nulls = [v["crossing_step"] for k, v in sorted(d.items()) if k != "real"]
         rows.append({"noise": f"{meta['noise']:g}", "optimizer": meta["optimizer"], "seed": meta["seed"],
                      "f^p at step 0": _num(d["real"]["f_pristine_at_0"]),
                      "crossing, real": d["real"]["crossing_step"] or "never",
                      "crossing, nulls": ", ".join(str(v or "never") for v in nulls) or "—"})
     df = pd.DataFrame(rows).sort_values(["noise", "seed"]) if rows else pd.DataFrame()
-    return _table(df, caption="first step from which f^p < f^c for 5 tracked steps in a row (CG: at 25 % "
-                              "and 50 % noise the real curves cross, the nulls do not)")
+    return _table(df, caption=f"first step from which f^p < f^c for {tables.CROSSING_HOLD} tracked steps in a "
+                              "row (CG: at 25 % and 50 % noise the real curves cross, the nulls do not)")
 
 
 def _cross_table(e6: pd.DataFrame) -> dict:
@@ -290,7 +291,7 @@ def scorecard_table(card: pd.DataFrame) -> dict:
              r["n_seeds"], r["verdict"], r["detail"]] for r in card.to_dict("records")]
     counts = card["verdict"].value_counts()
     return dict(columns=["id", "claim", "statistic", "value", "seeds", "verdict", "detail"], rows=rows,
-                counts={v: int(counts.get(v, 0)) for v in ("holds", "does not hold", "not measured")})
+                counts={v: int(counts.get(v, 0)) for v in (findings.HOLDS, findings.FAILS, findings.UNMEASURED)})
 
 
 # ---------------------------------------------------------------------------- page

@@ -254,7 +254,12 @@ def coherence_peaks(metrics: pd.DataFrame) -> dict:
     return out
 
 
-def share_crossings(metrics: pd.DataFrame, hold: int = 5) -> dict:
+# f^p must stay below f^c for this many tracked steps in a row to count as a crossing ("a single
+# noisy dip is not a crossing"); cglib.findings and the report read it from here
+CROSSING_HOLD = 5
+
+
+def share_crossings(metrics: pd.DataFrame, hold: int = CROSSING_HOLD) -> dict:
     """Per run and designation (real = -1, nulls 0…K-1): the first step from which the pristine
     share of the loss reduction stays below the corrupt share (f^p < f^c) for `hold` tracked
     steps in a row (a single noisy dip is not a crossing), None if it never does; and f^p at
@@ -280,7 +285,8 @@ WS_CROSS_TABLE = {("e-train", "e-test"): 0.85, ("e-train", "h-test"): 0.17,
                   ("h-train", "e-test"): 0.44, ("h-train", "h-test"): 0.21}
 
 
-def _last_step(df: pd.DataFrame) -> pd.DataFrame:
+def last_step(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of each run's last step."""
     return df[df["step"] == df.groupby("run")["step"].transform("max")]
 
 
@@ -298,7 +304,7 @@ def _per_run(df: pd.DataFrame, key: str, key_values: pd.Series | None = None) ->
 def accuracy_by_difficulty(metrics: pd.DataFrame) -> pd.DataFrame:
     """W&S Fig. 5a per run: final training accuracy and count per difficulty level (E5).
     Columns: run, optimizer, clip, noise, seed, difficulty, accuracy, count."""
-    e5 = _last_step(metrics[(metrics["experiment"] == "E5") & (metrics["subset"] == "full")])
+    e5 = last_step(metrics[(metrics["experiment"] == "E5") & (metrics["subset"] == "full")])
     if e5.empty:
         return pd.DataFrame(columns=["run", "optimizer", "clip", "noise", "seed", "difficulty", "accuracy", "count"])
     wide = _per_run(e5, "difficulty", e5["split"].str.removeprefix("difficulty=").astype(int))
@@ -311,7 +317,7 @@ def cross_generalization(metrics: pd.DataFrame) -> pd.DataFrame:
     """W&S §4.4 2×2 table (E6): final accuracy and loss of the e-train / h-train runs on e-test,
     h-test, the test set and their own training subset; mean and sd over seeds, with the paper's
     ImageNet numbers. Columns: trained_on, evaluated_on, accuracy, accuracy_sd, loss, seeds, paper."""
-    e6 = _last_step(metrics[(metrics["experiment"] == "E6") & metrics["metric"].isin(["accuracy", "loss"])
+    e6 = last_step(metrics[(metrics["experiment"] == "E6") & metrics["metric"].isin(["accuracy", "loss"])
                             & (metrics["layer"] == "all")])
     cols = ["trained_on", "evaluated_on", "accuracy", "accuracy_sd", "loss", "seeds", "paper"]
     if e6.empty:

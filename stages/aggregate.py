@@ -20,26 +20,23 @@ def main(argv=None):
     grid = config.run_grid(params)
     frames, runs, examples = [], [], []
 
-    def read(path, made_by):  # a damaged input: one line naming it, and the way back
-        return cli.read_table(path, made_by, f" (rm {path}; then snakemake --cores all, or dvc repro)")
-
     for spec in grid:  # the grid, not a glob: stale runs of other studies stay out
         folder = Path(args.runs) / spec["run"]
         for name in ("metrics.parquet", "examples.parquet", "run.json"):
             if not (folder / name).is_file():
                 cli.fail(f"{folder}/{name}: missing; run the train stage for {spec['run']}")
-        df = read(folder / "metrics.parquet", f"the train stage for {spec['run']}")
+        df = cli.read_table(folder / "metrics.parquet", f"the train stage for {spec['run']}", cli.REBUILD)
         try:
             meta = json.loads((folder / "run.json").read_text())
         except ValueError as err:
             cli.fail(f"{folder}/run.json: damaged ({err}); delete it and rerun the train stage for {spec['run']}")
         frames.append(df)
-        examples.append(read(folder / "examples.parquet", f"the train stage for {spec['run']}"))
+        examples.append(cli.read_table(folder / "examples.parquet", f"the train stage for {spec['run']}", cli.REBUILD))
         runs.append(tables.run_row(config.params_for(params, spec), spec, meta["status"], meta["steps_done"], tables.final_values(df)))
     metrics = pd.concat(frames, ignore_index=True).astype(tables.METRIC_COLUMNS)
     runs_df = pd.DataFrame(runs)
     examples_df = pd.concat(examples, ignore_index=True).astype(tables.EXAMPLE_COLUMNS)
-    diff = read(args.difficulty, "the difficulty stage")
+    diff = cli.read_table(args.difficulty, "the difficulty stage", cli.REBUILD)
     hist = tables.histogram(diff, len(params["difficulty"]["seeds"]))
     seeds = pd.read_csv(args.difficulty_seeds)
     e5 = tables.accuracy_by_difficulty(metrics)

@@ -19,7 +19,7 @@ def main(argv=None):
     res, out = Path(args.results), Path(args.out)
 
     def read(name, made_by="the aggregate stage"):
-        return cli.read_table(res / name, made_by, f" (rm {res / name}; then snakemake --cores all, or dvc repro)")
+        return cli.read_table(res / name, made_by, cli.REBUILD)
 
     metrics, runs = read("metrics.parquet"), read("runs.parquet")
     hist = tables.histogram(read("difficulty.parquet", "the difficulty stage"), len(params["difficulty"]["seeds"]))
