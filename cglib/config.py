@@ -290,6 +290,15 @@ def params_for(params: dict, spec: dict) -> dict:
     return {**params, "train": {**params["train"], "steps": steps_of(params, spec.get("subset", "full"))}}
 
 
+def check_run(params: dict, optimizer: dict) -> None:
+    """The params file's cross-field rules (clip < B/2, B % 3 for m3, ...) for one run with
+    `optimizer` and `params` (from params_for); raises ParamsError. Rules about the whole grid
+    (replicates name optimizers of train.optimizers) do not apply to a single run."""
+    one = {"train": {**params["train"], "optimizers": [optimizer]},
+           "replicates": {"noise": [], "optimizers": [], "seeds": []}}
+    validate({**params, **one})
+
+
 def steps_of(params: dict, subset: str = "full") -> int:
     """Optimizer steps of a run: train.steps, or difficulty.subset_steps for an E6 run."""
     if subset != "full" and params["difficulty"]["subset_steps"]:

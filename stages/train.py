@@ -42,10 +42,8 @@ def main(argv=None):
     params = config.params_for(params, spec)
     t = params["train"]
     opt = {"name": args.optimizer, "clip": args.clip}
-    try:  # the same cross-field rules as the params file (clip < B/2, B % 3 for m3, ...), for this
-        # run alone (the file's replicates name optimizers this one-entry list no longer has)
-        one = {"train": {**t, "optimizers": [opt]}, "replicates": {"noise": [], "optimizers": [], "seeds": []}}
-        config.validate({**params, **one})
+    try:
+        config.check_run(params, opt)
     except config.ParamsError as err:
         cli.fail(f"--optimizer/--clip: {err}", code=2)
     if (args.subset == "full") != (args.labels is not None) or (args.subset != "full") != (args.splits is not None):
