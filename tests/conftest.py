@@ -14,12 +14,17 @@ ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
 
+def venv_env() -> dict:
+    """This environment with the venv's bin first on PATH: stages and engines find its python."""
+    return dict(os.environ, PATH=f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+
+
 def run_stage(stage: str, *args, cwd=None, check=False, timeout=600):
     """Run stages/<stage>.py as the engines do; returns the CompletedProcess. cwd: a fresh
     temporary folder unless given, so default outputs (results/checkpoints/<run>.pt) of tests
     running side by side (pytest -n 2) never meet."""
     cwd = cwd or tempfile.mkdtemp(prefix="stage-")
-    env = dict(os.environ, PATH=f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    env = venv_env()
     proc = subprocess.run([PY, str(ROOT / "stages" / f"{stage}.py"), *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, env=env, timeout=timeout)
     if check and proc.returncode != 0:
@@ -93,7 +98,7 @@ def smoke_study(tmp_path_factory, worker_id) -> Path:
             if root.exists():
                 shutil.rmtree(root)
             copy_repo(root)
-            env = dict(os.environ, PATH=f"{Path(PY).parent}{os.pathsep}{os.environ['PATH']}")
+            env = venv_env()
             proc = subprocess.run([str(Path(PY).parent / "snakemake"), "--cores", "2", "--configfile",
                                    "studies/smoke.yaml"], cwd=root, env=env, capture_output=True, text=True,
                                   timeout=900)

@@ -1,6 +1,5 @@
 """Params validation: one line naming the key, exit code 2, nothing written."""
 import copy
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -9,7 +8,7 @@ import pytest
 import yaml
 
 from cglib import config
-from conftest import PY, ROOT, run_stage, tiny_params, write_params
+from conftest import PY, ROOT, run_stage, tiny_params, venv_env, write_params
 
 BAD = [  # (mutation of the default params, key the message must name)
     (lambda p: p["corrupt"].update(noise=[0, 1.5]), "corrupt.noise[1]"),
@@ -96,7 +95,7 @@ def test_bad_params_through_snakemake_dry_run(workdir, mutate, key):
     p = default_params()
     mutate(p)
     write_params(workdir / "bad.yaml", p)
-    env = dict(os.environ, PATH=f"{Path(PY).parent}{os.pathsep}{os.environ['PATH']}")
+    env = venv_env()
     proc = subprocess.run([str(Path(PY).parent / "snakemake"), "-n", "--configfile", "bad.yaml"],
                           cwd=workdir, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -173,7 +172,7 @@ def test_params_spellings_same_verdict_in_stages_snakemake_and_dvc(tmp_path, wor
     import shutil
     shutil.copy(params, workdir / "params.yaml")
     sm = subprocess.run([str(Path(PY).parent / "snakemake"), "-n"], cwd=workdir, capture_output=True, text=True,
-                        env=dict(os.environ, PATH=f"{Path(PY).parent}{os.pathsep}{os.environ['PATH']}"), timeout=300)
+                        env=venv_env(), timeout=300)
     if message is None:
         assert stage.returncode == 0, stage.stderr
         assert sm.returncode == 0, sm.stderr[-2000:]
@@ -191,7 +190,7 @@ def test_params_spellings_same_verdict_in_stages_snakemake_and_dvc(tmp_path, wor
     subprocess.run(["git", "init", "-q"], cwd=workdir, check=True)
     subprocess.run([str(Path(PY).parent / "dvc"), "init", "-q"], cwd=workdir, check=True)
     dvc = subprocess.run([str(Path(PY).parent / "dvc"), "repro", "validate"], cwd=workdir, capture_output=True,
-                         text=True, env=dict(os.environ, PATH=f"{Path(PY).parent}{os.pathsep}{os.environ['PATH']}"),
+                         text=True, env=venv_env(),
                          timeout=300)
     said = dvc.stdout + dvc.stderr
     if message is None:

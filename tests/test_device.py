@@ -38,7 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from cglib import config, gpu
-from conftest import PY, ROOT, run_stage, tiny_params, write_params
+from conftest import PY, ROOT, run_stage, tiny_params, venv_env, write_params
 
 CUDA = torch.device("cuda", 0)
 
@@ -475,7 +475,7 @@ def _dry_run(workdir, device):
     (workdir / "study.yaml").write_text(json.dumps(p))  # JSON is YAML
     out = subprocess.run([str(ROOT / ".venv" / "bin" / "snakemake"), "-n", "--profile", "profiles/gpu",
                           "--configfile", "study.yaml"], cwd=workdir, capture_output=True, text=True,
-                         timeout=300, env=dict(os.environ, PATH=f"{os.path.dirname(PY)}{os.pathsep}{os.environ['PATH']}"))
+                         timeout=300, env=venv_env())
     assert out.returncode == 0, out.stderr[-2000:]
     jobs = {}
     for block in out.stdout.split("\nrule ")[1:]:

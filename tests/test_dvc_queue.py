@@ -4,15 +4,12 @@ other, and `dvc exp show` lists them. Every file a stage needs is tracked in git
 temporary workspaces (.dvc/tmp/exps) hold everything."""
 import hashlib
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
 
-import yaml
-
 from cglib import config
-from conftest import PY, tiny_params
+from conftest import PY, tiny_params, venv_env, write_params
 
 BIN = Path(PY).parent
 OUTPUTS = ("results/metrics.parquet", "results/runs.parquet", "results/findings.json")
@@ -20,7 +17,7 @@ EXPERIMENTS = {"lr05": "train.lr=0.05", "lr2": "train.lr=0.2"}
 
 
 def sh(args, cwd, timeout=900):
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    env = venv_env()
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
@@ -36,7 +33,7 @@ def test_queued_experiments_in_parallel_match_one_after_the_other(workdir):
     p["corrupt"]["noise"] = [0.5]
     p["train"]["shares"] = {"steps": 0, "optimizers": [], "nulls": 0}
     p["difficulty"].update(seeds=[0, 1], subsets=["e-train"], subset_steps=40)
-    (workdir / "params.yaml").write_text(yaml.safe_dump(config.validate(p), sort_keys=False))  # DVC reads keys literally
+    write_params(workdir / "params.yaml", config.validate(p))  # every key spelled out: DVC reads keys literally
     sh(["git", "init", "-q"], workdir)
     sh(["git", "config", "user.email", "t@example.org"], workdir)
     sh(["git", "config", "user.name", "t"], workdir)

@@ -1,6 +1,5 @@
 """End to end: the smoke study through Snakemake, then through DVC, same bytes."""
 import hashlib
-import os
 import re
 import shutil
 import subprocess
@@ -11,13 +10,13 @@ import pandas as pd
 from cglib import config
 from cglib.scores import SCORES
 from cglib.tables import AGGREGATE_OUTPUTS, EXAMPLE_COLUMNS, METRIC_COLUMNS
-from conftest import PY, kill_after, tiny_params, write_params
+from conftest import PY, kill_after, tiny_params, venv_env, write_params
 
 BIN = Path(PY).parent
 
 
 def sh(args, cwd, timeout=600):
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    env = venv_env()
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
@@ -107,7 +106,7 @@ def test_smoke_study_snakemake_then_dvc(tmp_path, smoke_study):
     # (delete it, rerun) brings back the same bytes
     damaged = res / "runs" / "sgd_c0_noise0.5_seed0" / "metrics.parquet"
     damaged.write_bytes(damaged.read_bytes()[:100])
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    env = venv_env()
     kept = {p: md5(res / p) for p in ("metrics.parquet", "runs.parquet", "summary.json")}
     for extra in ([], ["--forcerun", "aggregate"]):
         fail = subprocess.run([str(BIN / "snakemake"), "--cores", "2", "--configfile", "studies/smoke.yaml", *extra],

@@ -2,7 +2,6 @@
 (headless Chromium: PNG, PDF, no JavaScript error, no missing image, no empty section), no
 external URL, and sections present exactly when their data is."""
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -14,7 +13,7 @@ import pytest
 
 from cglib import config, plots, report
 from cglib.tables import histogram
-from conftest import PY, ROOT, copy_repo, run_stage
+from conftest import PY, ROOT, copy_repo, run_stage, venv_env
 
 BIN = Path(PY).parent
 STUDY = "studies/smoke.yaml"
@@ -185,7 +184,7 @@ def test_wall_times_from_train_logs(tmp_path):
 def test_snakemake_report_has_every_category(smoke):
     """`snakemake --report` on the finished smoke study: exit 0, one self-contained HTML holding
     every experiment's category and the page itself."""
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}")
+    env = venv_env()
     out = smoke / "results" / "snakemake-report.html"
     proc = subprocess.run([str(BIN / "snakemake"), "--configfile", STUDY, "--report", str(out)], cwd=smoke,
                           env=env, capture_output=True, text=True, timeout=600)
