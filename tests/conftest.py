@@ -19,6 +19,17 @@ def venv_env() -> dict:
     return dict(os.environ, PATH=f"{Path(PY).parent}{os.pathsep}{os.environ.get('PATH', '')}")
 
 
+def tool(name: str) -> str:
+    """A console script of this environment (snakemake, dvc, ...): next to sys.executable (a
+    venv, however made), else on PATH (e.g. ~/.local/bin of a user install)."""
+    here = Path(PY).parent / name
+    if here.is_file() and os.access(here, os.X_OK):
+        return str(here)
+    found = shutil.which(name)
+    assert found, f"{name}: not next to {PY} nor on PATH; install the dev extra (pip install -e '.[dev]')"
+    return found
+
+
 def run_stage(stage: str, *args, cwd=None, check=False, timeout=600):
     """Run stages/<stage>.py as the engines do; returns the CompletedProcess. cwd: a fresh
     temporary folder unless given, so default outputs (results/checkpoints/<run>.pt) of tests
@@ -85,13 +96,15 @@ def copy_repo(dest: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def smoke_study(tmp_path_factory, worker_id) -> Path:
+def smoke_study(tmp_path_factory) -> Path:
     """The smoke study, run by Snakemake once per test session in a copy of the repo; the xdist
-    workers share it through a file lock. Tests read it and must not change it."""
+    workers share it through a file lock. Tests read it and must not change it. Works with and
+    without pytest-xdist (-p no:xdist has no worker_id fixture: the variable is read instead)."""
     from filelock import FileLock
 
     base = tmp_path_factory.getbasetemp()
-    base = base if worker_id == "master" else base.parent  # one folder for every worker of this session
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # gw0, gw1, ...: each worker's basetemp is a subfolder
+        base = base.parent  # one folder for every worker of this session
     root, done = base / "smoke-study", base / "smoke-study.done"
     with FileLock(str(base / "smoke-study.lock")):
         if not done.is_file():
@@ -99,7 +112,7 @@ def smoke_study(tmp_path_factory, worker_id) -> Path:
                 shutil.rmtree(root)
             copy_repo(root)
             env = venv_env()
-            proc = subprocess.run([str(Path(PY).parent / "snakemake"), "--cores", "2", "--configfile",
+            proc = subprocess.run([tool("snakemake"), "--cores", "2", "--configfile",
                                    "studies/smoke.yaml"], cwd=root, env=env, capture_output=True, text=True,
                                   timeout=900)
             assert proc.returncode == 0, proc.stderr[-3000:]

@@ -2,13 +2,12 @@
 import copy
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
 
 from cglib import config
-from conftest import PY, ROOT, run_stage, tiny_params, venv_env, write_params
+from conftest import ROOT, run_stage, tiny_params, tool, venv_env, write_params
 
 BAD = [  # (mutation of the default params, key the message must name)
     (lambda p: p["corrupt"].update(noise=[0, 1.5]), "corrupt.noise[1]"),
@@ -96,7 +95,7 @@ def test_bad_params_through_snakemake_dry_run(workdir, mutate, key):
     mutate(p)
     write_params(workdir / "bad.yaml", p)
     env = venv_env()
-    proc = subprocess.run([str(Path(PY).parent / "snakemake"), "-n", "--configfile", "bad.yaml"],
+    proc = subprocess.run([tool("snakemake"), "-n", "--configfile", "bad.yaml"],
                           cwd=workdir, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert f"params error: {key}" in proc.stderr
@@ -171,7 +170,7 @@ def test_params_spellings_same_verdict_in_stages_snakemake_and_dvc(tmp_path, wor
     stage = run_stage("validate", "--params", params, "--out", tmp_path / "ok")
     import shutil
     shutil.copy(params, workdir / "params.yaml")
-    sm = subprocess.run([str(Path(PY).parent / "snakemake"), "-n"], cwd=workdir, capture_output=True, text=True,
+    sm = subprocess.run([tool("snakemake"), "-n"], cwd=workdir, capture_output=True, text=True,
                         env=venv_env(), timeout=300)
     if message is None:
         assert stage.returncode == 0, stage.stderr
@@ -188,8 +187,8 @@ def test_params_spellings_same_verdict_in_stages_snakemake_and_dvc(tmp_path, wor
         assert sm.returncode == 2 and message in sm.stderr, sm.stderr[-2000:]
     # DVC: its own YAML 1.2 reader first, then the validate stage, first in the DAG
     subprocess.run(["git", "init", "-q"], cwd=workdir, check=True)
-    subprocess.run([str(Path(PY).parent / "dvc"), "init", "-q"], cwd=workdir, check=True)
-    dvc = subprocess.run([str(Path(PY).parent / "dvc"), "repro", "validate"], cwd=workdir, capture_output=True,
+    subprocess.run([tool("dvc"), "init", "-q"], cwd=workdir, check=True)
+    dvc = subprocess.run([tool("dvc"), "repro", "validate"], cwd=workdir, capture_output=True,
                          text=True, env=venv_env(),
                          timeout=300)
     said = dvc.stdout + dvc.stderr

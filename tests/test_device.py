@@ -38,7 +38,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
 from cglib import config, gpu
-from conftest import PY, ROOT, run_stage, tiny_params, venv_env, write_params
+from conftest import PY, ROOT, run_stage, tiny_params, tool, venv_env, write_params
 
 CUDA = torch.device("cuda", 0)
 
@@ -473,7 +473,7 @@ def _dry_run(workdir, device):
     p = config.read_yaml(ROOT / "studies" / "smoke.yaml")
     p["train"]["device"] = device
     (workdir / "study.yaml").write_text(json.dumps(p))  # JSON is YAML
-    out = subprocess.run([str(ROOT / ".venv" / "bin" / "snakemake"), "-n", "--profile", "profiles/gpu",
+    out = subprocess.run([tool("snakemake"), "-n", "--profile", "profiles/gpu",
                           "--configfile", "study.yaml"], cwd=workdir, capture_output=True, text=True,
                          timeout=300, env=venv_env())
     assert out.returncode == 0, out.stderr[-2000:]

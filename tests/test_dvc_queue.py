@@ -9,9 +9,7 @@ import time
 from pathlib import Path
 
 from cglib import config
-from conftest import PY, tiny_params, venv_env, write_params
-
-BIN = Path(PY).parent
+from conftest import tiny_params, tool, venv_env, write_params
 OUTPUTS = ("results/metrics.parquet", "results/runs.parquet", "results/findings.json")
 EXPERIMENTS = {"lr05": "train.lr=0.05", "lr2": "train.lr=0.2"}
 
@@ -37,37 +35,37 @@ def test_queued_experiments_in_parallel_match_one_after_the_other(workdir):
     sh(["git", "init", "-q"], workdir)
     sh(["git", "config", "user.email", "t@example.org"], workdir)
     sh(["git", "config", "user.name", "t"], workdir)
-    sh([str(BIN / "dvc"), "init", "-q"], workdir)
-    sh([str(BIN / "dvc"), "repro"], workdir)  # the baseline: the upstream stages come from its cache
+    sh([tool("dvc"), "init", "-q"], workdir)
+    sh([tool("dvc"), "repro"], workdir)  # the baseline: the upstream stages come from its cache
     sh(["git", "add", "-A"], workdir)
     sh(["git", "commit", "-qm", "baseline"], workdir)
 
     for name, setting in EXPERIMENTS.items():
-        sh([str(BIN / "dvc"), "exp", "run", "--queue", "-S", setting, "-n", name], workdir)
-    sh([str(BIN / "dvc"), "queue", "start", "-j", "2"], workdir)
+        sh([tool("dvc"), "exp", "run", "--queue", "-S", setting, "-n", name], workdir)
+    sh([tool("dvc"), "queue", "start", "-j", "2"], workdir)
     deadline = time.time() + 900
     while True:  # `queue start` hands the tasks to background workers
-        status = sh([str(BIN / "dvc"), "queue", "status"], workdir)
+        status = sh([tool("dvc"), "queue", "status"], workdir)
         if not any(s in status for s in ("Queued", "Running")):
             break
         assert time.time() < deadline, status
         time.sleep(2)
     assert status.count("Success") == 2, status
 
-    shown = json.loads(sh([str(BIN / "dvc"), "exp", "show", "--json"], workdir))
+    shown = json.loads(sh([tool("dvc"), "exp", "show", "--json"], workdir))
     names = {exp.get("name") for rev in shown for exp in (rev.get("experiments") or [])
              for exp in (exp.get("revs") or [exp])}
     assert set(EXPERIMENTS) <= names, names
     parallel = {}
     for name in EXPERIMENTS:
-        sh([str(BIN / "dvc"), "exp", "apply", name], workdir)
+        sh([tool("dvc"), "exp", "apply", name], workdir)
         parallel[name] = digests(workdir)
         sh(["git", "checkout", "-q", "--", "."], workdir)
-        sh([str(BIN / "dvc"), "checkout", "-q", "--force"], workdir)
+        sh([tool("dvc"), "checkout", "-q", "--force"], workdir)
     assert parallel["lr05"] != parallel["lr2"]  # the setting reached the runs
 
     for name, setting in EXPERIMENTS.items():  # the same experiments, one after the other
-        sh([str(BIN / "dvc"), "exp", "run", "-S", setting], workdir)
+        sh([tool("dvc"), "exp", "run", "-S", setting], workdir)
         assert digests(workdir) == parallel[name], name
         sh(["git", "checkout", "-q", "--", "."], workdir)
-        sh([str(BIN / "dvc"), "checkout", "-q", "--force"], workdir)
+        sh([tool("dvc"), "checkout", "-q", "--force"], workdir)

@@ -5,18 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PY, ROOT, venv_env
-
-BIN = Path(PY).parent
+from conftest import ROOT, tool, venv_env
 
 
 def snakemake_jobs(cwd):
-    out = subprocess.run([str(BIN / "snakemake"), "-n", "-p", "--forceall"], cwd=cwd, env=venv_env(),
+    out = subprocess.run([tool("snakemake"), "-n", "-p", "--forceall"], cwd=cwd, env=venv_env(),
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     cmds = {line.split("Shell command: ", 1)[1].strip() for line in (out.stdout + out.stderr).splitlines()
             if "Shell command: python" in line}
-    summary = subprocess.run([str(BIN / "snakemake"), "--summary"], cwd=cwd, env=venv_env(),
+    summary = subprocess.run([tool("snakemake"), "--summary"], cwd=cwd, env=venv_env(),
                              capture_output=True, text=True, timeout=300)
     files = {line.split("\t")[0] for line in summary.stdout.splitlines()[1:] if line.strip()}
     return files, cmds
@@ -35,7 +33,7 @@ def dvc_jobs(cwd):
 def test_snakemake_and_dvc_describe_the_same_outputs(workdir, study):
     shutil.copy(ROOT / study, workdir / "params.yaml")  # DVC only reads params.yaml
     subprocess.run(["git", "init", "-q"], cwd=workdir, check=True)
-    subprocess.run([str(BIN / "dvc"), "init", "-q"], cwd=workdir, check=True, env=venv_env())
+    subprocess.run([tool("dvc"), "init", "-q"], cwd=workdir, check=True, env=venv_env())
     sm_files, sm_cmds = snakemake_jobs(workdir)
     dvc_files, dvc_cmds = dvc_jobs(workdir)
     assert len(sm_files) > 5
@@ -74,7 +72,7 @@ def test_dvc_params_match_stage_keys():
 @pytest.mark.parametrize("study", sorted(p.name for p in (ROOT / "studies").glob("*.yaml")))
 def test_every_study_validates_and_dry_runs(workdir, study):
     """Paper-scale presets are not run here, but they parse, validate and plan a full DAG."""
-    out = subprocess.run([str(BIN / "snakemake"), "-n", "--configfile", f"studies/{study}"], cwd=workdir,
+    out = subprocess.run([tool("snakemake"), "-n", "--configfile", f"studies/{study}"], cwd=workdir,
                          env=venv_env(), capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     from cglib.config import load_params, run_grid
@@ -92,7 +90,7 @@ def test_every_study_validates_and_dry_runs(workdir, study):
 def test_snakemake_lint_is_clean(workdir):
     """`snakemake --lint` finds nothing: every rule has a log and a software environment, and
     reads its files from its input (the params file included), never from a global variable."""
-    out = subprocess.run([str(BIN / "snakemake"), "--lint"], cwd=workdir, env=venv_env(),
+    out = subprocess.run([tool("snakemake"), "--lint"], cwd=workdir, env=venv_env(),
                          capture_output=True, text=True, timeout=300)
     said = out.stdout + out.stderr
     assert out.returncode == 0 and "Lints for" not in said and "good condition" in said, said[-3000:]

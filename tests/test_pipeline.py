@@ -10,9 +10,7 @@ import pandas as pd
 from cglib import config
 from cglib.scores import SCORES
 from cglib.tables import AGGREGATE_OUTPUTS, EXAMPLE_COLUMNS, METRIC_COLUMNS
-from conftest import PY, kill_after, tiny_params, venv_env, write_params
-
-BIN = Path(PY).parent
+from conftest import PY, kill_after, tiny_params, tool, venv_env, write_params
 
 
 def sh(args, cwd, timeout=600):
@@ -90,13 +88,13 @@ def test_smoke_study_snakemake_then_dvc(tmp_path, smoke_study):
     res = workdir / "results"
     check_results(res)
     first = {p: md5(res / p) for p in ("metrics.parquet", "runs.parquet")}
-    assert "Nothing to be done" in sh([str(BIN / "snakemake"), "-n", "--configfile", "studies/smoke.yaml"], workdir)
+    assert "Nothing to be done" in sh([tool("snakemake"), "-n", "--configfile", "studies/smoke.yaml"], workdir)
     # a changed value re-runs the stages that read it and not the others: every rule takes the
     # params file as an ancient input (its values are the rules' params), validate as a plain one
     study = workdir / "studies" / "smoke.yaml"
     original = study.read_bytes()
     study.write_text(original.decode().replace("  lr: 0.1\n", "  lr: 0.11\n", 1))
-    plan = sh([str(BIN / "snakemake"), "-n", "--configfile", "studies/smoke.yaml"], workdir)
+    plan = sh([tool("snakemake"), "-n", "--configfile", "studies/smoke.yaml"], workdir)
     planned = set(re.findall(r"^(\w+)\s+\d+$", plan, re.M)) - {"total"}
     assert planned == {"validate", "train", "train_subset", "aggregate", "report", "all"}, plan
     study.write_bytes(original)
@@ -109,7 +107,7 @@ def test_smoke_study_snakemake_then_dvc(tmp_path, smoke_study):
     env = venv_env()
     kept = {p: md5(res / p) for p in ("metrics.parquet", "runs.parquet", "summary.json")}
     for extra in ([], ["--forcerun", "aggregate"]):
-        fail = subprocess.run([str(BIN / "snakemake"), "--cores", "2", "--configfile", "studies/smoke.yaml", *extra],
+        fail = subprocess.run([tool("snakemake"), "--cores", "2", "--configfile", "studies/smoke.yaml", *extra],
                               cwd=workdir, env=env, capture_output=True, text=True)
         assert fail.returncode == 1
         assert fail.stderr.strip().splitlines()[-1] == (
@@ -118,27 +116,27 @@ def test_smoke_study_snakemake_then_dvc(tmp_path, smoke_study):
             "metrics.parquet && snakemake --cores all")
         assert {p: md5(res / p) for p in kept} == kept
     damaged.unlink()
-    sh([str(BIN / "snakemake"), "--cores", "2", "--configfile", "studies/smoke.yaml"], workdir)
+    sh([tool("snakemake"), "--cores", "2", "--configfile", "studies/smoke.yaml"], workdir)
     assert {p: md5(res / p) for p in first} == first
-    assert "Nothing to be done" in sh([str(BIN / "snakemake"), "-n", "--configfile", "studies/smoke.yaml"], workdir)
+    assert "Nothing to be done" in sh([tool("snakemake"), "-n", "--configfile", "studies/smoke.yaml"], workdir)
 
     # the same study through DVC, from nothing: identical tables
     shutil.copy(workdir / "studies" / "smoke.yaml", workdir / "params.yaml")
     for d in ("results", "data"):
         shutil.rmtree(workdir / d)
-    sh([str(BIN / "dvc"), "repro"], workdir)
+    sh([tool("dvc"), "repro"], workdir)
     check_results(res)
     assert {p: md5(res / p) for p in first} == first
     # and each engine then finds nothing to do (Snakemake with the file it ran with: every rule
     # takes the params file as an input, so another file name is another input)
-    assert "Nothing to be done" in sh([str(BIN / "snakemake"), "-n", "--configfile", "studies/smoke.yaml"], workdir)
-    assert "up to date" in sh([str(BIN / "dvc"), "status"], workdir).lower()
+    assert "Nothing to be done" in sh([tool("snakemake"), "-n", "--configfile", "studies/smoke.yaml"], workdir)
+    assert "up to date" in sh([tool("dvc"), "status"], workdir).lower()
 
     # a typo'd key in a section no changed stage reads: DVC stops before touching anything
     lock = (workdir / "dvc.lock").read_bytes()
     params = workdir / "params.yaml"
     params.write_text(params.read_text().replace("  threads: 1", "  threads: 1\n  thread: 2"))
-    bad = subprocess.run([str(BIN / "dvc"), "repro"], cwd=workdir, env=env, capture_output=True, text=True)
+    bad = subprocess.run([tool("dvc"), "repro"], cwd=workdir, env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "train.thread: unknown key" in bad.stdout + bad.stderr
     assert (workdir / "dvc.lock").read_bytes() == lock
 
@@ -148,18 +146,18 @@ def test_stale_checkpoint_is_not_resumed_by_either_engine(workdir):
     corrupt.seed, rerun. The engine rebuilds the label table; the run must start afresh, say why
     in its log, and give the table of a run never killed (not the old labels' rows)."""
     sh(["git", "init", "-q"], workdir)
-    sh([str(BIN / "dvc"), "init", "-q"], workdir)
+    sh([tool("dvc"), "init", "-q"], workdir)
     run = "sgd_c0_noise0.5_seed0"
     train = [PY, "stages/train.py", "--params", "params.yaml", "--data", "data/prepared/synthetic.pt",
              "--labels", "data/corrupt/noise=0.5.parquet", "--difficulty", "results/difficulty.parquet",
              "--noise", "0.5", "--optimizer", "sgd", "--clip", "0", "--seed", "0"]
     ckpt, log = workdir / "results" / "checkpoints" / f"{run}.pt", workdir / "results" / "logs" / "train" / f"{run}.log"
-    inputs = {"snakemake": [str(BIN / "snakemake"), "--cores", "2", "data/corrupt/noise=0.5.parquet",
+    inputs = {"snakemake": [tool("snakemake"), "--cores", "2", "data/corrupt/noise=0.5.parquet",
                             "results/difficulty.parquet"],
-              "dvc": [str(BIN / "dvc"), "repro", "corrupt", "difficulty"]}
+              "dvc": [tool("dvc"), "repro", "corrupt", "difficulty"]}
     # the run and what it depends on (not the aggregate): the engine decides what is stale
-    finish = {"snakemake": [str(BIN / "snakemake"), "--cores", "2", f"results/runs/{run}/metrics.parquet"],
-              "dvc": [str(BIN / "dvc"), "repro", "train"]}
+    finish = {"snakemake": [tool("snakemake"), "--cores", "2", f"results/runs/{run}/metrics.parquet"],
+              "dvc": [tool("dvc"), "repro", "train"]}
     for engine, (before, after) in (("snakemake", (0, 1)), ("dvc", (1, 0))):
         p = tiny_params(steps=1500, checkpoint_every=50, batch_size=30,
                         shares={"steps": 100, "nulls": 2})  # shares: its tracker state is checkpointed too

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PY, ROOT, copy_repo
+from conftest import ROOT, copy_repo, tool
 
-BIN = Path(PY).parent
+BIN = Path(tool("snakemake")).parent  # the stand-ins call the plugin's tools from here
 STANDINS = ROOT / "tests" / "slurm"
 STUDY = "studies/smoke.yaml"
 PROFILE = ["--workflow-profile", "profiles/slurm"]
@@ -38,7 +38,7 @@ def slurm_env(state: Path) -> dict:
 
 
 def snakemake(*args, cwd, env, timeout=600):
-    return subprocess.run([str(BIN / "snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True,
+    return subprocess.run([tool("snakemake"), *args], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=timeout)
 
 
