@@ -38,11 +38,28 @@ gpu-check: venv dataset
 
 venv: $(STAMP)
 
-# torch 2.14.1 / torchvision 0.29.1 are pinned: pip takes them from local wheels on the lab machines.
-$(STAMP): pyproject.toml
+# The venv is installed from requirements.lock: every distribution at its resolved version (pip
+# included), then this checkout editable without resolving again; pip check confirms the lock
+# satisfies pyproject.toml's ranges. torch 2.14.1 / torchvision 0.29.1: pip takes them from
+# local wheels on the lab machines. The stamp makes it run once per change of either file.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip $(QUIET_PIP)
+	$(BIN)/python -m pip install --quiet -r requirements.lock $(QUIET_PIP)
+	$(BIN)/python -m pip install --quiet --no-deps -e . $(QUIET_PIP)
+	$(BIN)/python -m pip check
+	touch $(STAMP)
+
+# After a change of pyproject.toml's dependencies: resolve them once into the venv, then pin the
+# whole resolved set (`pip freeze`: name==version, no hashes) and mark the venv as installed.
+.PHONY: lock
+lock:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -e '.[dev]' $(QUIET_PIP)
+	{ echo "# The resolved Python environment of 'make venv' (Python 3.11, Linux x86_64): every"; \
+	  echo "# distribution at the version the Makefile installs. Written by 'make lock' (pip freeze);"; \
+	  echo "# pyproject.toml keeps the ranges for installing cglib into another environment."; \
+	  $(BIN)/python -m pip freeze --all --exclude-editable; } > requirements.lock.tmp
+	mv requirements.lock.tmp requirements.lock
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian's package (no download at run time); needs root or sudo once.

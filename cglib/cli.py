@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -98,3 +99,61 @@ def load_training_data(path, train_params: dict):
         return load_prepared(path, device), device
     except DataError as err:
         fail(str(err))
+
+
+# ---------------------------------------------------------------------------- environment
+
+LOCK_PATH = Path(__file__).resolve().parent.parent / "requirements.lock"  # `make lock` writes it
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503: Jinja2 = jinja2, ruamel.yaml = ruamel-yaml
+
+
+def read_lock(path=LOCK_PATH) -> dict[str, str]:
+    """requirements.lock's pins: canonical name → version (`name==version` lines; comments and
+    blank lines skipped). A line of another form is a one-line error naming the file and line."""
+    pins = {}
+    for no, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        name, sep, version = line.partition("==")
+        if not sep or not name.strip() or not version.strip() or ";" in line or " @ " in line:
+            raise ValueError(f"{path}:{no}: expected name==version, got {line!r}")
+        pins[_canonical(name.strip())] = version.strip()
+    return pins
+
+
+def environment(path=LOCK_PATH) -> dict[str, str]:
+    """Provenance of the Python environment for the report: every installed distribution with
+    its version (the resolved set), and how it compares with requirements.lock (the versions
+    `make` installs): differing, missing and unpinned distributions by name."""
+    import importlib.metadata
+
+    installed = {}
+    for dist in importlib.metadata.distributions():
+        name = dist.metadata["Name"]
+        if name:
+            installed[_canonical(name)] = dist.version
+    own = _canonical("coherent-gradients")  # this checkout, installed editable: not pinned
+    listed = ", ".join(f"{n} {v}" for n, v in sorted(installed.items()))
+    try:
+        pins = read_lock(path)
+    except FileNotFoundError:
+        return {"requirements.lock": f"{path}: not found (installed outside this checkout)",
+                "installed packages": listed}
+    except ValueError as err:
+        return {"requirements.lock": str(err), "installed packages": listed}
+    differ = [f"{n} {installed[n]} (lock {v})" for n, v in sorted(pins.items())
+              if n in installed and installed[n] != v]
+    missing = [n for n in sorted(pins) if n not in installed]
+    extra = [n for n in sorted(installed) if n not in pins and n != own]
+    if not (differ or missing or extra):
+        state = f"every installed distribution as pinned ({len(pins)} pins)"
+    else:
+        state = "; ".join(part for part in (
+            differ and "differ: " + ", ".join(differ),
+            missing and "not installed: " + ", ".join(missing),
+            extra and "not in the lock: " + ", ".join(extra)) if part)
+    return {"requirements.lock": state, "installed packages": listed}

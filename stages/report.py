@@ -31,7 +31,8 @@ def main(argv=None):
     t = report.prepare(metrics, runs, hist, seeds, params)
     images = report.draw(t, out / "plots")
     logs = report.run_logs(res / "logs" / "train", runs["run"])
-    html = report.render(card, t, images, params, logs, report.provenance(logs))
+    prov = {**report.provenance(logs), **cli.environment()}  # + every installed version vs requirements.lock
+    html = report.render(card, t, images, params, logs, prov)
     tables.write_text(html, out / "report.html")
 
     shown = [name for name, png in images.items() if png]
