@@ -1,31 +1,52 @@
 """Per-example difficulty scores of one training run (E8), kept as running aggregates.
 
-After each epoch 1..E the training loop hands `ExampleScores.update` one record: the logits of
-every training example and the run's training labels (noisy ones included: on a corrupt
-example, "correct" means fitting its noisy label). `cglib.probes.ScoreProbe` takes an example's
-logits when its minibatch is presented, before that step's update, as the papers below record
-them (the few examples of an epoch's dropped tail are evaluated at the epoch's end). With correct = argmax(logits) == label and
+At the end of each epoch 1..E the training loop hands `ExampleScores.update` that epoch's record:
+the logits of every training example and the run's training labels (noisy ones included: on a
+corrupt example, "correct" means fitting its noisy label). `cglib.probes.ScoreProbe` gathers a
+record during the epoch: an example's logits are the training forward pass's own, in train mode,
+when its minibatch is presented, before that step's update, as the reference code of Toneva et
+al., Swayamdipta et al. and Pleiss et al. records them (the few examples of an epoch's dropped
+tail are evaluated in eval mode at the epoch's end). With correct = argmax(logits) == label and
 p = softmax(logits)[label]:
 
 - forgetting_events   (Toneva et al. 2019, "An Empirical Study of Example Forgetting during Deep
   Neural Network Learning"): transitions correct → incorrect between consecutive records; +inf
-  for an example correct in no record (Toneva et al. count never-learned examples as forgotten
-  infinitely often, so they rank as the most forgettable).
-- first_learned_epoch (Toneva et al. 2019): the first epoch whose record is correct; +inf if none.
+  for an example correct in no record. +inf is data_diet's convention (mansheej/data_diet,
+  forgetting.py); Toneva et al.'s order_examples_by_forgetting.py gives a never-learned example
+  the number of epochs E, and cartography's train_dy_filtering.py 1000. Every one ranks it above
+  any learned example (at most ⌊E/2⌋ forgetting events), so ranks, ρ and AUROC are the same.
+- first_learned_epoch (Toneva et al. 2019): the first epoch (from 1) whose record is correct; +inf
+  if none (Toneva's code counts from 0 and leaves never-learned examples NaN, out of the ranking).
 - cumulative_accuracy (Jiang et al. 2021, "Characterizing Structural Regularities of Labeled Data
   in Overparameterized Models": the learning-speed proxy of the C-score): mean of correct.
 - confidence, variability (Swayamdipta et al. 2020, "Dataset Cartography"): mean and population
   standard deviation (ddof=0, as in their definition and np.std) of p over the records.
 - aum (Pleiss et al. 2020, "Identifying Mislabeled Data using the Area Under the Margin
-  Ranking"): mean over records of the margin logit[label] − max_{k ≠ label} logit[k].
-- el2n (Paul et al. 2021, "Deep Learning on a Data Diet"): ‖softmax(logits) − onehot(label)‖₂ at
+  Ranking"): mean over records of the margin logit[label] − max_{k ≠ label} logit[k], from the
+  first epoch's record on.
+- el2n (Paul et al. 2021, "Deep Learning on a Data Diet"): ‖softmax(logits) − onehot(label)‖₂ in
   the record of epoch `el2n_epoch`; NaN if that epoch was not recorded.
-- grand (Paul et al. 2021): ‖∇_θ ℓ(x_i, y_i)‖₂ over all trainable parameters at initialization
-  (step 0), handed over by `set_grand`; NaN until then.
+- grand (Paul et al. 2021): ‖∇_θ ℓ(x_i, y_i)‖₂ over all trainable parameters at step 0 (before
+  any update), in eval mode, handed over by `set_grand`; NaN until then.
 
-Departure from the papers, on purpose: EL2N and GraNd come from this one run, where Paul et
-al. average them over 10 initializations. The records are folded into O(n) running sums as they come (no per-epoch
-history), so an update costs O(n·K) and the state fits in a checkpoint.
+Departures from the reference code, on purpose (README, "Difficulty scores (E8)"):
+- EL2N is the training pass's record of its epoch (train mode, the weights moving during the
+  epoch); data_diet (scores.py, get_run_score.py) evaluates it in eval mode in a separate pass at
+  a saved checkpoint and averages it over runs (get_mean_score.py; Paul et al.: 10).
+- GraNd is taken after BatchNorm priming (train.bn_priming: mc, 40 no-op training-mode passes
+  before step 0), on those running statistics; data_diet takes it at the initial checkpoint with
+  the initial statistics (mean 0, variance 1), averaged over runs. Models without BatchNorm (the
+  MLP) are unaffected.
+- AUM averages every epoch's margin from the first; the AUM reference (asappresearch/aum,
+  examples/paper_replication/runner.py) starts after the first epoch ("due to variability of
+  random initialization").
+- variability has no fixed direction for corrupt labels: a corrupt label the model never fits
+  keeps p near 0 in every epoch (low variability: cartography's "hard-to-learn" region, where
+  Swayamdipta et al. find mislabelled examples), one it memorises late swings from 0 to 1 (high
+  variability). HARDNESS_SIGN counts high variability as harder, so its AUROC for the corrupt
+  labels is to be read two-sided: 0.2 is as strong a signal as 0.8 (TWO_SIDED).
+The records are folded into O(n) running sums as they come (no per-epoch history), so an update
+costs O(n·K) and the state fits in a checkpoint.
 """
 from __future__ import annotations
 
@@ -44,10 +65,12 @@ SCORES = ("forgetting_events", "first_learned_epoch", "cumulative_accuracy", "co
 # +1: a larger value means "harder / more likely mislabelled"; -1: a smaller value does
 HARDNESS_SIGN = {"forgetting_events": +1, "first_learned_epoch": +1, "cumulative_accuracy": -1,
                  "confidence": -1, "variability": +1, "aum": -1, "el2n": +1, "grand": +1}
+# scores whose AUROC for corrupt labels has no fixed side (see above): read |AUROC − 0.5|
+TWO_SIDED = ("variability",)
 
 
 class ExampleScores:
-    """Running aggregates of the epoch-end records (no per-epoch per-example log kept). The state
+    """Running aggregates of the per-epoch records (no per-epoch per-example log kept). The state
     lives on `device`; `state_dict` / `load_state_dict` carry it through a checkpoint."""
 
     _TENSORS = ("last_correct", "forgets", "first_learned", "n_correct", "sum_p", "sum_p2",
@@ -67,8 +90,9 @@ class ExampleScores:
 
     @torch.no_grad()
     def update(self, epoch: int, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Record at the end of epoch `epoch` (1, 2, 3, ... consecutive). logits (n, K) float,
-        labels (n,) int."""
+        """Hand over the record of epoch `epoch` (1, 2, 3, ... consecutive) at its end: the logits
+        taken during that epoch (ScoreProbe: each example's at its minibatch's presentation),
+        (n, K) float, and the labels (n,) int."""
         if epoch != self.epochs + 1:  # a skipped or repeated record would corrupt every count
             raise ValueError(f"expected the record of epoch {self.epochs + 1}, got epoch {epoch}")
         if logits.dim() != 2 or len(logits) != self.n or labels.shape != (self.n,):

@@ -364,3 +364,150 @@ def test_score_probe_records_the_presented_outputs(variant, clip):
     pd.testing.assert_frame_equal(probe.frame().drop(columns="grand"), twin.frame().drop(columns="grand"),
                                   rtol=1e-6, atol=1e-6)
     assert not probe.presented.any()  # a fresh epoch starts
+
+
+# =============================================================== the reference code's rules (E8)
+# Each function below re-implements one rule of a reference repository, from its code, so the
+# conventions README "Difficulty scores (E8)" states are checked, not just stated.
+
+def _toneva_forgetting(acc: np.ndarray) -> np.ndarray:
+    """mtoneva/example_forgetting, order_examples_by_forgetting.py: forgetting events are
+    transitions 1 → 0 between consecutive presentations; an example never learned gets the
+    number of presentations (epochs)."""
+    n_epochs = acc.shape[0]
+    out = []
+    for a in acc.T:
+        events = int(np.sum((a[1:] - a[:-1]) == -1))
+        out.append(n_epochs if not a.any() else events)
+    return np.array(out, dtype=np.float64)
+
+
+def _toneva_first_learned(acc: np.ndarray) -> np.ndarray:
+    """Same file: the first presentation (from 0) whose accuracy is 1; NaN if never."""
+    return np.array([np.flatnonzero(a == 1)[0] if a.any() else np.nan for a in acc.T], dtype=np.float64)
+
+
+def _data_diet_forgetting(acc: np.ndarray) -> np.ndarray:
+    """mansheej/data_diet, forgetting.py: prev_accs > accs counts a forgetting event (the first
+    presentation compares with 0, so it never counts); never-correct examples are inf."""
+    prev = np.zeros(acc.shape[1], dtype=np.int32)
+    forgets = np.zeros(acc.shape[1])
+    never = np.ones(acc.shape[1], dtype=bool)
+    for a in acc.astype(np.int32):
+        forgets[prev > a] += 1
+        prev = a
+        never &= ~a.astype(bool)
+    forgets[never] = np.inf
+    return forgets
+
+
+def _cartography_forgetfulness(acc: np.ndarray) -> np.ndarray:
+    """allenai/cartography, train_dy_filtering.py compute_forgetfulness: 1000 if never correct."""
+    out = []
+    for trend in acc.T:
+        if not trend.any():
+            out.append(1000)
+            continue
+        learnt, forgotten = False, 0
+        for ok in trend:
+            if learnt and not ok:
+                learnt, forgotten = False, forgotten + 1
+            elif not learnt and ok:
+                learnt = True
+        out.append(forgotten)
+    return np.array(out, dtype=np.float64)
+
+
+def _aum_reference(record: np.ndarray, y: np.ndarray, first_epoch: int) -> np.ndarray:
+    """asappresearch/aum: AUMCalculator.update averages logit[target] − max other logit over its
+    calls; examples/paper_replication/runner.py calls it only when `epoch > 0` (0-based), i.e.
+    from the second epoch: first_epoch = 1 there."""
+    z = record[first_epoch:]
+    target = np.take_along_axis(z, y[None, :, None], 2)[..., 0]
+    masked = z.copy()
+    np.put_along_axis(masked, y[None, :, None], -np.inf, 2)
+    return (target - masked.max(2)).mean(0)
+
+
+def _cartography_variability(record: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """allenai/cartography: variability = np.std of the gold label's probability over epochs."""
+    p = np.exp(record - record.max(2, keepdims=True))
+    p /= p.sum(2, keepdims=True)
+    return np.std(np.take_along_axis(p, y[None, :, None], 2)[..., 0], axis=0)
+
+
+def _correctness(record: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    return (record.argmax(2) == y).numpy().astype(np.int64)  # (E, n)
+
+
+def test_forgetting_ranks_as_toneva_data_diet_and_cartography(run):
+    """+inf for never-learned examples (data_diet's value) gives the ranks of Toneva et al.'s
+    count of epochs and of cartography's 1000, so ρ and AUROC agree with all three."""
+    from scipy.stats import rankdata
+    record, y = run
+    acc = _correctness(record, y)
+    ours = _fed(record, y).frame()
+    assert (~acc.any(0)).sum() >= 3 and (acc.any(0)).sum() >= 3  # the run has both kinds
+    never = ~acc.any(0)
+    assert np.array_equal(ours["forgetting_events"].to_numpy(), _data_diet_forgetting(acc))
+    for ref in (_toneva_forgetting(acc), _cartography_forgetfulness(acc)):
+        assert np.array_equal(ours["forgetting_events"].to_numpy()[~never], ref[~never])
+        assert np.array_equal(rankdata(ours["forgetting_events"]), rankdata(ref))
+    difficulty = np.random.default_rng(0).integers(0, 4, len(y))
+    corrupt = np.arange(len(y)) % 3 == 0
+    for ref in (_toneva_forgetting(acc), _cartography_forgetfulness(acc)):
+        frame = pd.DataFrame({"forgetting_events": ref})
+        assert spearman_with(frame, difficulty) == pytest.approx(
+            spearman_with(ours[["forgetting_events"]], difficulty), abs=1e-12)
+        assert auroc_corrupt(frame, corrupt) == pytest.approx(
+            auroc_corrupt(ours[["forgetting_events"]], corrupt), abs=1e-12)
+
+
+def test_first_learned_epoch_is_toneva_plus_one_and_inf_for_never():
+    record, y = _train_record(seed=1)
+    acc = _correctness(record, y)
+    ours = _fed(record, y).frame()["first_learned_epoch"].to_numpy()
+    ref = _toneva_first_learned(acc)
+    assert np.isnan(ref).sum() >= 1 and np.isfinite(ref).sum() >= 1
+    assert np.array_equal(ours[~np.isnan(ref)], ref[~np.isnan(ref)] + 1)
+    assert np.isinf(ours[np.isnan(ref)]).all()
+
+
+def test_aum_averages_from_the_first_epoch_where_the_reference_starts_at_the_second(run):
+    """The documented departure: AUM here is the reference's rule with first_epoch = 0; fed the
+    records from epoch 2 on, it is the reference's own value."""
+    record, y = run
+    z, yy = record.double().numpy(), y.numpy()
+    ours = _fed(record, y).frame()["aum"].to_numpy()
+    assert ours == pytest.approx(_aum_reference(z, yy, first_epoch=0), abs=1e-9)
+    later = ExampleScores(len(y), 1)
+    for t in range(1, len(record)):
+        later.update(t, record[t], y)
+    assert later.frame()["aum"].to_numpy() == pytest.approx(_aum_reference(z, yy, first_epoch=1), abs=1e-9)
+    assert np.abs(ours - _aum_reference(z, yy, first_epoch=1)).max() > 1e-3  # the departure is real
+
+
+def test_variability_auroc_has_no_fixed_side_for_corrupt_labels():
+    """Cartography's rule (np.std of p(label)), and why its AUROC is read two-sided: corrupt labels
+    the model never fits have p ≈ 0 throughout (low variability, AUROC < 0.5), ones it memorises
+    late swing from 0 to 1 (high variability, AUROC > 0.5)."""
+    from cglib.scores import TWO_SIDED
+    assert TWO_SIDED == ("variability",) and HARDNESS_SIGN["variability"] == +1
+    rng = np.random.default_rng(0)
+    n_epochs, n, k = 10, 200, 4
+    y = rng.integers(0, k, n)
+    corrupt = np.arange(n) < 50
+    t = np.linspace(0, 1, n_epochs)[:, None]
+    # pristine: learned gradually (gold logit rising 0 → 4 at an example's own pace)
+    pace = rng.uniform(0.5, 1.5, n)[None, :]
+    gold_pristine = 4 * np.clip(t * pace, 0, 1)
+    for corrupt_gold, side in ((np.full((n_epochs, 1), -4.0), "low"),  # never fitted
+                               (np.where(t > 0.7, 8.0, -4.0), "high")):  # memorised late
+        gold = np.where(corrupt[None, :], corrupt_gold, gold_pristine)
+        z = rng.normal(0, 0.1, (n_epochs, n, k))
+        np.put_along_axis(z, y[None, :, None], gold[..., None], 2)
+        record = torch.from_numpy(z)
+        frame = _fed(record, torch.from_numpy(y), el2n_epoch=1).frame()
+        assert frame["variability"].to_numpy() == pytest.approx(_cartography_variability(z, y), abs=1e-9)
+        auc = auroc_corrupt(frame[["variability"]], corrupt)["variability"]
+        assert (auc < 0.2) if side == "low" else (auc > 0.8), (side, auc)
