@@ -157,3 +157,28 @@ def environment(path=LOCK_PATH) -> dict[str, str]:
             missing and "not installed: " + ", ".join(missing),
             extra and "not in the lock: " + ", ".join(extra)) if part)
     return {"requirements.lock": state, "installed packages": listed}
+
+
+# ---------------------------------------------------------------------------- DVC metrics
+
+SCORECARD = "scorecard.json"  # the report stage's DVC metrics file (dvc.yaml, rules/report.smk)
+# findings verdicts → short keys: `dvc metrics show` prints one column per key, and every
+# key is always written (0 when absent) so the columns stay the same between experiments
+VERDICT_KEYS = {"holds": "holds", "does not hold": "fails", "inconclusive": "inconclusive",
+                "not measurable": "unmeasurable", "not measured": "unmeasured"}
+
+
+def scorecard(findings: dict, status) -> dict:
+    """The study in a few numbers for `dvc metrics show` / `dvc metrics diff` (one line of at
+    most 120 columns): runs finished and diverged, then how many claims of findings.json
+    ({claim id: {..., "verdict": ...}}) have each verdict. The per-claim verdicts, values and
+    intervals stay in findings.json, the per-run numbers in summary.json."""
+    status = list(status)
+    out = {"runs": sum(s == "ok" for s in status), "diverged": sum(s != "ok" for s in status)}
+    out.update(dict.fromkeys(VERDICT_KEYS.values(), 0))
+    for cid, claim in findings.items():
+        verdict = claim.get("verdict") if isinstance(claim, dict) else None
+        if verdict not in VERDICT_KEYS:
+            raise ValueError(f"findings.json: {cid}: verdict {verdict!r} is not one of {', '.join(VERDICT_KEYS)}")
+        out[VERDICT_KEYS[verdict]] += 1
+    return out

@@ -9,6 +9,7 @@ from snakemake.utils import validate
 
 from cglib import config as cgconfig
 from cglib import gpu as cggpu
+from cglib import cli as cgcli
 from cglib import tables as cgtables
 
 # The study's params file: params.yaml, or `--configfile studies/x.yaml`, which replaces it as a
@@ -68,7 +69,7 @@ def aggregate_outputs():
 
 
 def report_outputs():
-    return [f"results/{name}" for name in cgtables.REPORT_OUTPUTS]
+    return [f"results/{name}" for name in (*cgtables.REPORT_OUTPUTS, cgcli.SCORECARD)]
 
 
 # The study page's figures are also marked for `snakemake --report`, in a category per

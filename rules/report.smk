@@ -9,6 +9,7 @@ rule report:
         seeds="results/difficulty_seeds.csv",
     output:
         [report_output(name) for name in cgtables.REPORT_OUTPUTS],
+        f"results/{cgcli.SCORECARD}",  # dvc.yaml's metrics (not a figure: no report entry)
     log:
         "results/logs/report.log",
     conda:

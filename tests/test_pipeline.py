@@ -10,7 +10,7 @@ import pandas as pd
 from cglib import config
 from cglib.scores import SCORES
 from cglib.tables import AGGREGATE_OUTPUTS, EXAMPLE_COLUMNS, METRIC_COLUMNS
-from conftest import PY, kill_after, tiny_params, tool, venv_env, write_params
+from conftest import PY, copy_repo, kill_after, tiny_params, tool, venv_env, write_params
 
 
 def sh(args, cwd, timeout=600):
@@ -22,6 +22,40 @@ def sh(args, cwd, timeout=600):
 
 def md5(path):
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
+
+
+def planned(out: str) -> list[str]:
+    """The stages a `dvc repro --dry` lists, in order."""
+    return re.findall(r"^Running stage '([^']+)':$", out, re.M)
+
+
+def dvc_stages(cwd) -> set[str]:
+    from dvc.repo import Repo
+
+    return {s.name for s in Repo(str(cwd)).index.stages}
+
+
+METRICS_WIDTH = 120  # README: `dvc metrics show` fits a 120-column terminal
+
+
+def check_metrics(shown: str, res: Path) -> None:
+    """`dvc metrics show` of a finished study: one line of the scorecard, its counts those of
+    findings.json's verdicts and runs.parquet's statuses; no per-run leaf of summary.json."""
+    import json
+    from collections import Counter
+
+    from cglib.cli import VERDICT_KEYS
+
+    lines = [line.rstrip() for line in shown.strip().splitlines()]
+    assert max(map(len, lines)) <= METRICS_WIDTH, shown
+    assert len(lines) == 2 and lines[1].startswith("results/scorecard.json"), shown
+    table = dict(zip(lines[0].split(), lines[1].split()))
+    verdicts = Counter(c["verdict"] for c in json.loads((res / "findings.json").read_text()).values())
+    runs = pd.read_parquet(res / "runs.parquet")
+    want = {k: verdicts.get(v, 0) for v, k in VERDICT_KEYS.items()}
+    want.update(runs=int((runs["status"] == "ok").sum()), diverged=int((runs["status"] != "ok").sum()))
+    assert {k: int(v) for k, v in table.items() if k != "Path"} == want and want["runs"] == 6
+    assert sum(verdicts.values()) > 5 and "summary" not in shown
 
 
 def check_results(res: Path):
@@ -127,6 +161,9 @@ def test_smoke_study_snakemake_then_dvc(tmp_path, smoke_study):
     sh([tool("dvc"), "repro"], workdir)
     check_results(res)
     assert {p: md5(res / p) for p in first} == first
+    # a finished build: the dry run plans nothing; the DVC metrics fit a terminal
+    assert planned(sh([tool("dvc"), "repro", "--dry", "--force-downstream"], workdir)) == []
+    check_metrics(sh([tool("dvc"), "metrics", "show"], workdir), res)
     # and each engine then finds nothing to do (Snakemake with the file it ran with: every rule
     # takes the params file as an input, so another file name is another input)
     assert "Nothing to be done" in sh([tool("snakemake"), "-n", "--configfile", "studies/smoke.yaml"], workdir)
@@ -139,6 +176,21 @@ def test_smoke_study_snakemake_then_dvc(tmp_path, smoke_study):
     bad = subprocess.run([tool("dvc"), "repro"], cwd=workdir, env=env, capture_output=True, text=True)
     assert bad.returncode != 0 and "train.thread: unknown key" in bad.stdout + bad.stderr
     assert (workdir / "dvc.lock").read_bytes() == lock
+
+
+def test_dvc_dry_run_plans_every_stage_of_a_fresh_clone(tmp_path):
+    """DVC's dry run hashes each stage's dependencies, upstream outputs included, so on a fresh
+    clone plain `dvc repro --dry` stops at the first one missing (treeverse/dvc#9021);
+    --force-downstream plans every stage below one that would run, without hashing them."""
+    clone = copy_repo(tmp_path / "clone")  # the files a fresh clone has (.dvc/config included)
+    sh(["git", "init", "-q"], clone)
+    shutil.copy(clone / "studies" / "smoke.yaml", clone / "params.yaml")
+    plan = planned(sh([tool("dvc"), "repro", "--dry", "--force-downstream"], clone))
+    stages = dvc_stages(clone)
+    assert len(stages) == 15 and sorted(plan) == sorted(stages)  # every stage, once
+    assert plan[0] == "validate" and plan.index("prepare") < plan.index("corrupt@0") < plan.index("aggregate")
+    assert plan[-2:] == ["aggregate", "report"]
+    assert not (clone / "results").exists() and not (clone / "data").exists() and not (clone / "dvc.lock").exists()
 
 
 def test_stale_checkpoint_is_not_resumed_by_either_engine(workdir):
