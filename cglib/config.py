@@ -66,6 +66,21 @@ def fill_defaults(node, sch: dict):
     return node
 
 
+def _check_optimizer(key: str, opt: dict, t: dict) -> None:
+    """A gradient variant's clip and the batch it needs (train.optimizers and replicates.cells)."""
+    batch = t["batch_size"]
+    if opt["name"] == "winsorized" and t["winsorize_reading"] == "percentile":
+        if opt["clip"] > 50:
+            raise ParamsError(f"{key}.clip: {opt['clip']} must be <= 50 (percent; "
+                              "train.winsorize_reading is percentile)")
+    elif opt["name"] == "winsorized" and 2 * opt["clip"] >= batch:
+        raise ParamsError(f"{key}.clip: {opt['clip']} must be < batch_size/2 = {batch / 2:g}")
+    if opt["name"] != "winsorized" and opt["clip"] != 0:
+        raise ParamsError(f"{key}.clip: only winsorized clips; {opt['name']} needs clip 0")
+    if opt["name"] == "m3" and batch % 3:
+        raise ParamsError(f"train.batch_size: {batch} must be divisible by 3 for m3")
+
+
 def _cross_checks(p: dict) -> None:
     """Constraints JSON schema cannot express (they relate two keys)."""
     t, data = p["train"], p["data"]
@@ -77,16 +92,7 @@ def _cross_checks(p: dict) -> None:
         if label in seen:
             raise ParamsError(f"{key}: duplicate optimizer {opt['name']} with clip {opt['clip']}")
         seen.add(label)
-        if opt["name"] == "winsorized" and t["winsorize_reading"] == "percentile":
-            if opt["clip"] > 50:
-                raise ParamsError(f"{key}.clip: {opt['clip']} must be <= 50 (percent; "
-                                  "train.winsorize_reading is percentile)")
-        elif opt["name"] == "winsorized" and 2 * opt["clip"] >= batch:
-            raise ParamsError(f"{key}.clip: {opt['clip']} must be < batch_size/2 = {batch / 2:g}")
-        if opt["name"] != "winsorized" and opt["clip"] != 0:
-            raise ParamsError(f"{key}.clip: only winsorized clips; {opt['name']} needs clip 0")
-        if opt["name"] == "m3" and batch % 3:
-            raise ParamsError(f"train.batch_size: {batch} must be divisible by 3 for m3")
+        _check_optimizer(key, opt, t)
     if data["n_train"] and batch > data["n_train"]:
         raise ParamsError(f"train.batch_size: {batch} exceeds data.n_train = {data['n_train']}")
     if any(m >= t["steps"] for m in t["lr_milestones"]):
@@ -102,18 +108,25 @@ def _cross_checks(p: dict) -> None:
 
 
 def _replicate_checks(p: dict) -> None:
-    """Replicates are more seeds of runs the grid already has: same noise levels, optimizers."""
+    """Extra runs: each cell at a noise level the study corrupts, a valid variant, no run twice."""
     rep, t = p["replicates"], p["train"]
-    for i, noise in enumerate(rep["noise"]):
-        if noise not in p["corrupt"]["noise"]:
-            raise ParamsError(f"replicates.noise[{i}]: {noise} is not one of corrupt.noise")
-    for i, opt in enumerate(rep["optimizers"]):
-        if opt not in t["optimizers"]:
-            raise ParamsError(f"replicates.optimizers[{i}]: {opt['name']} with clip {opt['clip']} is not "
-                              "one of train.optimizers")
-    for i, seed in enumerate(rep["seeds"]):
-        if seed in t["seeds"]:
-            raise ParamsError(f"replicates.seeds[{i}]: {seed} is already in train.seeds (the run would be made twice)")
+    seen = set()
+    for i, cell in enumerate(rep["cells"]):
+        key = f"replicates.cells[{i}]"
+        if cell["noise"] not in p["corrupt"]["noise"]:
+            raise ParamsError(f"{key}.noise: {cell['noise']} is not one of corrupt.noise")
+        _check_optimizer(key, cell, t)
+        label = (cell["name"], cell["clip"], cell["noise"])
+        if label in seen:
+            raise ParamsError(f"{key}: duplicate cell {cell['name']} with clip {cell['clip']} at noise {cell['noise']}")
+        seen.add(label)
+        twice = [s for s in rep["seeds"] if s in t["seeds"]]
+        if {"name": cell["name"], "clip": cell["clip"]} in t["optimizers"] and twice:
+            raise ParamsError(f"{key}: {cell['name']} with clip {cell['clip']} at noise {cell['noise']} seed "
+                              f"{twice[0]} is already in the train grid (the run would be made twice)")
+    if p["model"]["name"] in BATCHNORM_MODELS and any(c["name"] == "winsorized" and c["clip"] for c in rep["cells"]):
+        raise ParamsError("replicates.cells: winsorized needs per-example gradients, which BatchNorm in "
+                          "training mode (resnet18, cnn) does not have; use an mlp")
 
 
 def _mc_checks(p: dict) -> None:
@@ -250,11 +263,10 @@ def run_grid(params: dict, subsets: bool = True) -> list[dict]:
                 runs.append(dict(run=run_name(opt["name"], opt["clip"], noise, seed), noise=noise,
                                  optimizer=opt["name"], clip=opt["clip"], seed=seed, subset="full"))
     rep = params["replicates"]
-    for noise in rep["noise"]:
-        for opt in rep["optimizers"]:
-            for seed in rep["seeds"]:
-                runs.append(dict(run=run_name(opt["name"], opt["clip"], noise, seed), noise=noise,
-                                 optimizer=opt["name"], clip=opt["clip"], seed=seed, subset="full"))
+    for cell in rep["cells"]:  # the order of dvc.yaml's matrix: cell, then seed
+        for seed in rep["seeds"]:
+            runs.append(dict(run=run_name(cell["name"], cell["clip"], cell["noise"], seed), noise=cell["noise"],
+                             optimizer=cell["name"], clip=cell["clip"], seed=seed, subset="full"))
     if subsets:
         for subset in params["difficulty"]["subsets"]:
             for seed in params["train"]["seeds"]:
@@ -295,7 +307,7 @@ def check_run(params: dict, optimizer: dict) -> None:
     `optimizer` and `params` (from params_for); raises ParamsError. Rules about the whole grid
     (replicates name optimizers of train.optimizers) do not apply to a single run."""
     one = {"train": {**params["train"], "optimizers": [optimizer]},
-           "replicates": {"noise": [], "optimizers": [], "seeds": []}}
+           "replicates": {"cells": [], "seeds": []}}
     validate({**params, **one})
 
 
@@ -332,7 +344,7 @@ STAGE_KEYS = {
     "difficulty": ["difficulty.seeds", "difficulty.pools", "difficulty.pool_size",
                    "difficulty.split_ratio", "difficulty.split_seed"],
     "aggregate": ["study"],
-    "report": ["study"],
+    "report": ["study", "findings"],
 }
 
 

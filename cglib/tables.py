@@ -278,6 +278,50 @@ def share_crossings(metrics: pd.DataFrame, hold: int = CROSSING_HOLD) -> dict:
     return out
 
 
+def designation_sizes(examples: pd.DataFrame) -> dict:
+    """|p| and |c| of one run's training set (its examples table): the sizes that turn the
+    cumulative i^p, i^c back into sums of loss reductions, and the proper accuracy |p| / n."""
+    n_corrupt = int(examples["corrupt"].astype(bool).sum())
+    return {"n_pristine": len(examples) - n_corrupt, "n_corrupt": n_corrupt}
+
+
+WINDOWED_COLUMNS = ["run", "null", "window", "step_first", "step_last", "f_pristine", "f_corrupt"]
+
+
+def windowed_shares(e2: pd.DataFrame, runs: pd.DataFrame, window: int) -> pd.DataFrame:
+    """CG §2.4's f^p and f^c on loss reductions summed over windows of `window` tracked steps
+    rather than single steps (per-step f^p swings by ±1 where ⟨g, g⟩ is small). |p|·i^p is the
+    running sum of ⟨g_t, g^p_t⟩ (step-weighted on the sparse part of the schedule), so a window's
+    sum is the difference of |p|·i^p across it, likewise for c; the window's f^p is its pristine
+    sum over both. Nulls have the real sizes. The last window may be shorter. Runs without
+    n_pristine / n_corrupt in `runs`, or with an empty side, are left out.
+    Columns: WINDOWED_COLUMNS."""
+    if window < 1:
+        raise ValueError(f"window must be ≥ 1, got {window}")
+    i = e2[e2["metric"].isin(["i_pristine", "i_corrupt"]) & (e2["experiment"] == "E2")]
+    if i.empty or not {"n_pristine", "n_corrupt"} <= set(runs.columns):
+        return pd.DataFrame(columns=WINDOWED_COLUMNS)
+    sizes = runs.drop_duplicates("run").set_index("run")[["n_pristine", "n_corrupt"]]
+    out = []
+    for (run, null), g in i.groupby(["run", "null"], sort=True):
+        if run not in sizes.index or min(sizes.loc[run]) == 0:
+            continue
+        w = g.pivot_table(index="step", columns="metric", values="value").sort_index()
+        if not {"i_pristine", "i_corrupt"} <= set(w.columns):
+            continue
+        s_p = w["i_pristine"].to_numpy(float) * int(sizes.at[run, "n_pristine"])
+        s_c = w["i_corrupt"].to_numpy(float) * int(sizes.at[run, "n_corrupt"])
+        steps = w.index.to_numpy()
+        for j, start in enumerate(range(0, len(steps), window)):
+            end = min(start + window, len(steps)) - 1
+            d_p = s_p[end] - (s_p[start - 1] if start else 0.0)
+            d_c = s_c[end] - (s_c[start - 1] if start else 0.0)
+            f_p = d_p / (d_p + d_c) if d_p + d_c > 0 else float("nan")
+            out.append(dict(run=run, null=int(null), window=j, step_first=int(steps[start]),
+                            step_last=int(steps[end]), f_pristine=f_p, f_corrupt=1.0 - f_p))
+    return pd.DataFrame(out, columns=WINDOWED_COLUMNS)
+
+
 # ---------------------------------------------------------------------------- E5 / E6 / E8 digests
 
 # W&S §4.4, ResNet-18 on ImageNet: accuracy of a model trained on one pool, tested on the other

@@ -32,7 +32,8 @@ def main(argv=None):
             cli.fail(f"{folder}/run.json: damaged ({err}); delete it and rerun the train stage for {spec['run']}")
         frames.append(df)
         examples.append(cli.read_table(folder / "examples.parquet", f"the train stage for {spec['run']}", cli.REBUILD))
-        runs.append(tables.run_row(config.params_for(params, spec), spec, meta["status"], meta["steps_done"], tables.final_values(df)))
+        runs.append({**tables.run_row(config.params_for(params, spec), spec, meta["status"], meta["steps_done"],
+                                      tables.final_values(df)), **tables.designation_sizes(examples[-1])})
     metrics = pd.concat(frames, ignore_index=True).astype(tables.METRIC_COLUMNS)
     runs_df = pd.DataFrame(runs)
     examples_df = pd.concat(examples, ignore_index=True).astype(tables.EXAMPLE_COLUMNS)

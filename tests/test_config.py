@@ -56,7 +56,7 @@ def test_winsorization_level_is_checked_in_its_reading():
     side are more than the order-statistic reading can clip."""
     p = default_params()
     p["train"]["optimizers"] = [{"name": "winsorized", "clip": 50}]
-    p["replicates"]["optimizers"] = []  # they must be among train.optimizers
+    p["replicates"]["cells"] = []  # the default study's winsorized cell has clip 2 at batch 99
     with pytest.raises(config.ParamsError, match="must be < batch_size/2"):
         config.validate(copy.deepcopy(p))
     p["train"]["winsorize_reading"] = "percentile"
@@ -121,7 +121,7 @@ def test_run_grid_names_and_stage_params():
     assert [r["run"] for r in grid if r["subset"] != "full"] == [
         "sgd_c0_e-train_seed0", "sgd_c0_e-train_seed1", "sgd_c0_h-train_seed0", "sgd_c0_h-train_seed1"]
     assert [r["run"] for r in config.run_grid(p, subsets=False)] == names[:8]
-    r = config.validate({**p, "replicates": {"noise": [0.5], "optimizers": [{"name": "winsorized", "clip": 2}],
+    r = config.validate({**p, "replicates": {"cells": [{"name": "winsorized", "clip": 2, "noise": 0.5}],
                                              "seeds": [3]},
                          "mc": {"noise": [0], "seeds": [0, 1]}})
     more = [x["run"] for x in config.run_grid(r)]
@@ -206,11 +206,19 @@ def test_params_spellings_same_verdict_in_stages_snakemake_and_dvc(tmp_path, wor
 
 
 @pytest.mark.parametrize("section, bad, message", [
-    ("replicates", {"noise": [0.3], "optimizers": [], "seeds": [1]}, "replicates.noise[0]: 0.3 is not one of corrupt.noise"),
-    ("replicates", {"noise": [0.5], "optimizers": [{"name": "rm3", "clip": 0}], "seeds": [1]},
-     "replicates.optimizers[0]: rm3 with clip 0 is not one of train.optimizers"),
-    ("replicates", {"noise": [0.5], "optimizers": [{"name": "sgd", "clip": 0}], "seeds": [2, 0]},
-     "replicates.seeds[1]: 0 is already in train.seeds"),
+    ("replicates", {"cells": [{"name": "sgd", "clip": 0, "noise": 0.3}], "seeds": [1]},
+     "replicates.cells[0].noise: 0.3 is not one of corrupt.noise"),
+    ("replicates", {"cells": [{"name": "rm3", "clip": 0, "noise": 0.5}, {"name": "sgd", "clip": 0, "noise": 0.5}],
+                    "seeds": [2, 0]},  # rm3 is no grid optimizer: its seed 0 is new; sgd's is not
+     "replicates.cells[1]: sgd with clip 0 at noise 0.5 seed 0 is already in the train grid"),
+    ("replicates", {"cells": [{"name": "rm3", "clip": 0, "noise": 0.5}, {"name": "rm3", "clip": 0, "noise": 0.5}],
+                    "seeds": [1]}, "replicates.cells[1]: duplicate cell rm3 with clip 0 at noise 0.5"),
+    ("replicates", {"cells": [{"name": "winsorized", "clip": 50, "noise": 0}], "seeds": [1]},
+     "replicates.cells[0].clip: 50 must be < batch_size/2 = 50"),
+    ("replicates", {"cells": [{"name": "rm3", "clip": 1, "noise": 0}], "seeds": [1]},
+     "replicates.cells[0].clip: only winsorized clips"),
+    ("replicates", {"cells": [{"name": "m3", "clip": 0, "noise": 0}], "seeds": [1]},
+     "train.batch_size: 100 must be divisible by 3 for m3"),
     ("mc", {"noise": [0, 0.25]}, "mc.noise[1]: 0.25 is not one of corrupt.noise"),
     ("mc", {"noise": [0], "steps": 10}, "mc.steps: 10 steps end before difficulty.el2n_epoch"),
 ])

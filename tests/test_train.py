@@ -245,7 +245,7 @@ def test_mc_run_trains_the_mc_section_model_and_steps(tmp_path):
     p["mc"] = {"model": {"name": "mlp", "hidden": [7]}, "noise": [0.5], "seeds": [0], "lr": 0.02,
                "momentum": 0.9, "steps": 40}
     # replicates of another optimizer than the run's must not trip the stage's own check of its run
-    p["replicates"] = {"noise": [0.5], "optimizers": [{"name": "rm3", "clip": 0}], "seeds": [1]}
+    p["replicates"] = {"cells": [{"name": "rm3", "clip": 0, "noise": 0.5}], "seeds": [1]}
     params = write_params(tmp_path / "p.yaml", p)
     run_stage("prepare", "--params", params, "--out", tmp_path / "d.pt", check=True)
     run_stage("corrupt", "--params", params, "--data", tmp_path / "d.pt", "--noise", "0.5",
