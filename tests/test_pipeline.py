@@ -24,7 +24,7 @@ def md5(path):
     return hashlib.md5(Path(path).read_bytes()).hexdigest()
 
 
-def planned(out: str) -> list[str]:
+def dry_run_stages(out: str) -> list[str]:
     """The stages a `dvc repro --dry` lists, in order."""
     return re.findall(r"^Running stage '([^']+)':$", out, re.M)
 
@@ -54,7 +54,7 @@ def check_metrics(shown: str, res: Path) -> None:
     runs = pd.read_parquet(res / "runs.parquet")
     want = {k: verdicts.get(v, 0) for v, k in VERDICT_KEYS.items()}
     want.update(runs=int((runs["status"] == "ok").sum()), diverged=int((runs["status"] != "ok").sum()))
-    assert {k: int(v) for k, v in table.items() if k != "Path"} == want and want["runs"] == 6
+    assert {k: int(v) for k, v in table.items() if k != "Path"} == want and want["runs"] == len(runs) > 0
     assert sum(verdicts.values()) > 5 and "summary" not in shown
 
 
@@ -162,7 +162,7 @@ def test_smoke_study_snakemake_then_dvc(tmp_path, smoke_study):
     check_results(res)
     assert {p: md5(res / p) for p in first} == first
     # a finished build: the dry run plans nothing; the DVC metrics fit a terminal
-    assert planned(sh([tool("dvc"), "repro", "--dry", "--force-downstream"], workdir)) == []
+    assert dry_run_stages(sh([tool("dvc"), "repro", "--dry", "--force-downstream"], workdir)) == []
     check_metrics(sh([tool("dvc"), "metrics", "show"], workdir), res)
     # and each engine then finds nothing to do (Snakemake with the file it ran with: every rule
     # takes the params file as an input, so another file name is another input)
@@ -185,7 +185,7 @@ def test_dvc_dry_run_plans_every_stage_of_a_fresh_clone(tmp_path):
     clone = copy_repo(tmp_path / "clone")  # the files a fresh clone has (.dvc/config included)
     sh(["git", "init", "-q"], clone)
     shutil.copy(clone / "studies" / "smoke.yaml", clone / "params.yaml")
-    plan = planned(sh([tool("dvc"), "repro", "--dry", "--force-downstream"], clone))
+    plan = dry_run_stages(sh([tool("dvc"), "repro", "--dry", "--force-downstream"], clone))
     stages = dvc_stages(clone)
     assert len(stages) == 15 and sorted(plan) == sorted(stages)  # every stage, once
     assert plan[0] == "validate" and plan.index("prepare") < plan.index("corrupt@0") < plan.index("aggregate")
