@@ -70,6 +70,11 @@ def check_results(res: Path):
     assert set(m.loc[m["run"] == mc.name, "step"]) >= {0, 60} and m.loc[m["run"] == mc.name, "step"].max() == 60
     assert (m.loc[m["run"] == mc.name, "metric"] == "m_coherence").any()
     assert runs.loc[runs["run"] == "sgd_c0_noise0.5_seed1", "seed"].tolist() == [1]  # the replicate
+    # |p| and |c| of each run (windowed shares, proper accuracy) are its label table's
+    labels = pd.read_parquet(res.parent / "data" / "corrupt" / "noise=0.5.parquet")
+    row = runs.set_index("run").loc["sgd_c0_noise0.5_seed0"]
+    assert (row["n_pristine"], row["n_corrupt"]) == (int((~labels["corrupt"]).sum()), int(labels["corrupt"].sum()))
+    assert row["n_corrupt"] > 0 and set(runs.loc[runs["subset"] != "full", "n_corrupt"]) == {0}
     assert all((res / name).is_file() for name in AGGREGATE_OUTPUTS)
     acc = m[m["metric"] == "accuracy"]
     assert acc["value"].between(0, 1).all()

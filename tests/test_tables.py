@@ -91,3 +91,9 @@ def test_share_crossing_needs_hold_steps_below_and_not_a_dip_at_the_end():
     out = tables.share_crossings(m, hold=3)["r"]
     assert out["real"] == {"f_pristine_at_0": 0.9, "crossing_step": 4}  # one dip at step 2 is not a crossing
     assert out["null0"]["crossing_step"] is None  # below only at the last step
+
+
+def test_designation_sizes_count_pristine_and_corrupt_examples():
+    ex = pd.DataFrame({"example": range(5), "corrupt": [True, False, False, True, False]})
+    assert tables.designation_sizes(ex) == {"n_pristine": 3, "n_corrupt": 2}
+    assert tables.designation_sizes(ex.assign(corrupt=False)) == {"n_pristine": 5, "n_corrupt": 0}
