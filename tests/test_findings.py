@@ -539,3 +539,103 @@ def test_one_unmet_seed_makes_the_claim_not_measurable():
     m, r = study()
     res = claim("ws-rm3-hardest", _rm3_ceiling(m, (1,)), r)
     assert res["verdict"] == UNMEASURABLE and "seed 1" in res["reason"]
+
+
+# ---------------------------------------------------------------------------- slips the study catches
+
+def test_values_of_different_seeds_are_never_paired(monkeypatch):
+    """Test accuracy is offset per seed (OFF): pairing ε = 0 of one seed with ε = 0.25 of another
+    widens the interval across the margin."""
+    m, r = study()
+    assert claim("cg-noise-hurts-test", m, r)["verdict"] == HOLDS
+
+    def shuffled(a, b, fn):
+        sa, sb = sorted(set(a) & set(b)), sorted(set(a) & set(b), reverse=True)
+        return {s: fn(a[s], b[t]) for s, t in zip(sa, sb)}
+    monkeypatch.setattr(common, "paired", shuffled)
+    assert claim("cg-noise-hurts-test", m, r)["verdict"] == INCONCLUSIVE
+
+
+def test_seeds_pair_only_where_both_variants_have_them():
+    m, r = study()
+    res = claim("cg-noise-hurts-test", drop(m, model=MAIN, noise=.5, seed=2), r)
+    assert res["verdict"] == INCONCLUSIVE and res["n"] == 2 and "ε=0.25→0.5" in res["reason"]
+
+
+def test_cg_and_ws_claims_read_the_main_model_only():
+    """The BatchNorm model's E1 rows refute CG §2.3: judged as the main model, they fail."""
+    m, r = study()
+    bn = {"model": {"name": BN}}
+    for cid in ("cg-memorization", "cg-noise-hurts-test", "cg-pristine-first"):
+        assert claim(cid, m, r)["verdict"] == HOLDS
+        assert claim(cid, m, r, bn)["verdict"] == FAILS, cid
+
+
+def test_mc_claims_are_decided_by_the_batchnorm_model_else_the_main_one():
+    m, r = study()
+    no_bn = drop(m, model=BN, experiment="E7")
+    for cid in ("mc-real-vs-random", "mc-random-start", "mc-real-peak-first", "mc-rise-slower-with-noise",
+                "mc-layers-follow", "mc-test-vs-train"):
+        res = claim(cid, no_bn, r)
+        assert res["verdict"] == FAILS and res["reason"].startswith(f"{MAIN}: "), (cid, res["detail"])
+    assert claim("mc-real-vs-random", m, r)["reason"] == ""
+    assert claim("mc-real-vs-random", m, r)["detail"].startswith(f"{BN}: ")
+
+
+def test_a_run_not_ok_is_left_out_and_named():
+    m, r = study()
+    m = copy(m, {"optimizer": "m3"}, {"optimizer": "sgd"}, (0,), model=MAIN, noise=.5, split="corrupt")
+    r.loc[r["run"] == f"{MAIN}/m3-n0.5-s0", "status"] = "diverged"
+    card = scorecard(m, r)
+    row = card.loc["ws-median-memorization"]
+    assert row["verdict"] == INCONCLUSIVE and "2 seeds, fewer than 3" in row["reason"]
+    assert all(f"runs left out (not ok): {MAIN}/m3-n0.5-s0" in x for x in card["reason"])
+    assert card.at["cg-memorization", "verdict"] == HOLDS
+
+
+def test_traps_a_missing_filter_would_fall_into():
+    """What the study's rows outside each claim's selection would say: each refutes the claim."""
+    m, r = study()
+    ctx = findings.context(m, r, PARAMS)
+    pri, cor = common.curves(ctx, "pristine"), common.curves(ctx, "corrupt")
+    diff = lambda p, q: p - q  # noqa: E731
+    # ε = 1 ("pristine" are chance matches): left out of cg-pristine-first and cg-pristine-slower-with-noise
+    assert verdict.test("", common.paired(common.by_seed(pri, "sgd", 0, 1.0), common.by_seed(cor, "sgd", 0, 1.0),
+                                          diff), ">", .01)["outcome"] == FAILS
+    early = common.curves(ctx, "pristine", fn=lambda g: common.early_mean(g, 10))
+    assert verdict.test("", common.paired(common.by_seed(early, "sgd", 0, .75), common.by_seed(early, "sgd", 0, 1.0),
+                                          diff), ">", .01)["outcome"] == FAILS
+    # the whole-run pristine mean does not fall with noise: cg-pristine-slower-with-noise is about the first steps
+    whole = common.curves(ctx, "pristine")
+    assert verdict.test("", common.paired(common.by_seed(whole, "sgd", 0, .25), common.by_seed(whole, "sgd", 0, .5),
+                                          diff), ">", .01)["outcome"] != HOLDS
+    # last step: pristine and corrupt meet, M3 and RM3 meet, winsorized c = 1 and SGD meet
+    last = lambda split: common.curves(ctx, split, fn=common.last_value)  # noqa: E731
+    assert verdict.test("", common.paired(common.by_seed(last("pristine"), "sgd", 0, .5),
+                                          common.by_seed(last("corrupt"), "sgd", 0, .5), diff), ">",
+                        .01)["outcome"] != HOLDS
+    assert verdict.test("", common.paired(common.by_seed(last("train"), "m3", 0, 0.0),
+                                          common.by_seed(last("train"), "rm3", 0, 0.0), diff), "<",
+                        -.01)["outcome"] == FAILS
+    assert verdict.test("", common.paired(common.by_seed(last("corrupt"), "winsorized", 1, .5),
+                                          common.by_seed(last("corrupt"), "sgd", 0, .5), diff), "<",
+                        -.01)["outcome"] == FAILS
+    # windowed shares: ε = 0.5's nulls are not above by the margin, ε = 0.75 does not start above,
+    # a null at ε = 0.75 rises above 1/2, RM3's real designation never crosses
+    w = findings.cg.windowed(ctx)
+    low_null = {s: min(findings.cg._diff(g).min() for _, g in w[.5, s][w[.5, s]["null"] >= 0].groupby("null"))
+                for s in SEEDS}
+    assert verdict.test("", low_null, ">", .05)["outcome"] == FAILS
+    assert verdict.test("", {s: findings.cg._diff(w[.75, s][w[.75, s]["null"] == -1])[0] for s in SEEDS}, ">",
+                        .05)["outcome"] == FAILS
+    assert max(findings.cg._diff(w[.75, s][w[.75, s]["null"] == 2]).max() for s in SEEDS) > .05
+    rm3 = tables.windowed_shares(m[mask(m, experiment="E2", optimizer="rm3")], r, 10)
+    assert (rm3["f_pristine"] - rm3["f_corrupt"]).abs().max() < .05
+    # E6: before the last step the cross table is the other way round
+    e6 = m[mask(m, experiment="E6", metric="accuracy", step=300)].set_index(["subset", "split", "seed"])["value"]
+    assert (e6["e-train", "e-test"] < e6["e-train", "h-test"]).all() and (e6["e-train", "e-test"] < e6["h-train", "e-test"]).all()
+    # E5: at ε = 0.5 and at the step before the matched budget RM3's accuracy rises with difficulty; later at ceiling
+    for where in (dict(noise=.5, step=30), dict(noise=0.0, step=10)):
+        acc = m[mask(m, experiment="E5", optimizer="rm3", metric="accuracy", seed=0, **where)].sort_values("split")
+        assert acc["value"].iloc[3] > acc["value"].iloc[0]
+    assert (m[mask(m, experiment="E5", optimizer="rm3", metric="accuracy", step=[100, 1000])]["value"] >= .99).all()
