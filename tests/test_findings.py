@@ -629,7 +629,7 @@ def test_traps_a_missing_filter_would_fall_into():
     assert verdict.test("", {s: findings.cg._diff(w[.75, s][w[.75, s]["null"] == -1])[0] for s in SEEDS}, ">",
                         .05)["outcome"] == FAILS
     assert max(findings.cg._diff(w[.75, s][w[.75, s]["null"] == 2]).max() for s in SEEDS) > .05
-    rm3 = tables.windowed_shares(m[mask(m, experiment="E2", optimizer="rm3")], r, 10)
+    rm3 = tables.windowed_shares(m[mask(m, experiment="E2", optimizer="rm3", null=-1)], r, 10)
     assert (rm3["f_pristine"] - rm3["f_corrupt"]).abs().max() < .05
     # E6: before the last step the cross table is the other way round
     e6 = m[mask(m, experiment="E6", metric="accuracy", step=300)].set_index(["subset", "split", "seed"])["value"]
