@@ -6,7 +6,7 @@ Where a study has several seeds, curves are the seed mean with a ±1 sd band (gr
 but seed); one seed gives a plain line.
 
 Nine figures of about 40 lines each share the styling helpers at the top, so they stay in one
-module (about 470 lines): a change of look is made in one place.
+module (about 500 lines): a change of look is made in one place.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from cglib.tables import _atomic, last_step  # noqa: E402
+from cglib.tables import _atomic, last_step, windowed_shares  # noqa: E402
 
 # SVG ids are hashes salted by a random value unless fixed, and SVG/PDF carry a date: both would
 # make the same tables give different bytes
@@ -76,14 +76,14 @@ def prefer_sgd(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["optimizer"] == ("sgd" if "sgd" in names else min(names))]
 
 
-def _curve(ax, df: pd.DataFrame, x: str = "step", **style) -> None:
-    """Mean of `value` over seeds per `x`, with a ±1 sd band where there are several seeds."""
+def _curve(ax, df: pd.DataFrame, x: str = "step", band: bool = True, **style) -> None:
+    """Mean of `value` over seeds per `x`, with a ±1 sd band where there are several seeds (and `band`)."""
     g = df.groupby(x)["value"]
     mean, sd, n = g.mean(), g.std(ddof=1), g.count()
     if mean.empty:
         return
     (line,) = ax.plot(mean.index, mean.values, **style)
-    if (n > 1).any():
+    if band and (n > 1).any():
         ax.fill_between(mean.index, (mean - sd).values, (mean + sd).values, color=line.get_color(),
                         alpha=0.18, linewidth=0)
 
@@ -155,38 +155,65 @@ def learning_curves_fig(metrics: pd.DataFrame):
     return fig
 
 
-def loss_shares_fig(metrics: pd.DataFrame):
-    """CG Figs. 2–3, one column per noise level: top, f^p and f^c per step; bottom, the
-    cumulative per-example contributions i^p and i^c. Real designation bold (seed mean ± sd),
-    the K null worlds thin (seed mean)."""
+def loss_shares_fig(metrics: pd.DataFrame, runs: pd.DataFrame, window: int):
+    """CG Figs. 2–3, one column per noise level: top, f^p and f^c on loss reductions summed over
+    windows of `window` tracked steps (tables.windowed_shares, what cglib.findings judges), each
+    window drawn at its middle step, over the per-step f^p and f^c as a faint layer (per step they
+    swing by ±1 where the loss barely moves); bottom, the cumulative per-example contributions i^p
+    and i^c. Real designation bold (seed mean ± sd), the K null worlds thin (seed mean). Without
+    the designation sizes in `runs` (n_pristine, n_corrupt) there are no windows: the per-step
+    curves are drawn as the main layer."""
     e2 = metrics[metrics["experiment"] == "E2"]
     if e2.empty:
         return None
     e2 = prefer_sgd(e2)
+    windows = windowed_shares(e2, runs, window).merge(e2.drop_duplicates("run")[["run", "noise"]], on="run")
+    faint = not windows.empty
     noises = sorted(n for n in e2["noise"].unique() if 0 < n < 1) or sorted(e2["noise"].unique())
     fig, axes = _grid(2, len(noises), w=3.2, h=2.6, sharex=True)
     color = {"pristine": "C2", "corrupt": "C3"}
     for j, noise in enumerate(noises):
         cell = e2[e2["noise"] == noise]
-        for row, group in enumerate(("f", "i")):
-            ax = axes[row][j]
-            for kind, c in color.items():
-                sel = cell[cell["metric"] == f"{group}_{kind}"]
-                for null, g in sel[sel["null"] >= 0].groupby("null"):
-                    mean = g.groupby("step")["value"].mean()
-                    ax.plot(mean.index, mean.values, color=c, linewidth=0.6, alpha=0.55)
+        ax = axes[0][j]
+        ax.axhline(0.5, color="0.5", linewidth=0.6, linestyle=":")  # f^p = f^c
+        for kind, c in color.items():
+            sel = cell[cell["metric"] == f"f_{kind}"]
+            if faint:  # per step: the real designation only, under the windows
+                _curve(ax, sel[sel["null"] == -1], band=False, color=c, linewidth=0.5, alpha=0.3, gid="per-step")
+            else:
+                _null_lines(ax, sel, color=c)
                 _curve(ax, sel[sel["null"] == -1], color=c, linewidth=1.8)
+            w = windows[windows["noise"] == noise]
+            w = w.assign(step=(w["step_first"] + w["step_last"]) / 2, value=w[f"f_{kind}"])
+            _null_lines(ax, w, color=c, linewidth=0.8, alpha=0.65, gid="windowed-null")
+            _curve(ax, w[w["null"] == -1], color=c, linewidth=1.8, marker="o", markersize=2.5, gid="windowed")
+        ax = axes[1][j]
+        for kind, c in color.items():
+            sel = cell[cell["metric"] == f"i_{kind}"]
+            _null_lines(ax, sel, color=c)
+            _curve(ax, sel[sel["null"] == -1], color=c, linewidth=1.8)
+        for ax in (axes[0][j], axes[1][j]):
             _steps(ax)
-            if row == 1:
-                ax.set_xlabel("step")
+        axes[1][j].set_xlabel("step")
         axes[0][j].set_title(f"noise {noise:g}")
-    axes[0][0].set_ylabel("share of loss reduction $f$")
+    axes[0][0].set_ylabel(f"share of loss reduction $f$\n(windows of {window} steps)" if faint
+                          else "share of loss reduction $f$")
     axes[1][0].set_ylabel("cumulative per example $i$")
-    _key(axes[0][-1], [Line2D([], [], color="C2", linewidth=1.8, label="pristine (real)"),
-                       Line2D([], [], color="C3", linewidth=1.8, label="corrupt (real)"),
-                       Line2D([], [], color="0.4", linewidth=0.6, label="null worlds")])
+    handles = [Line2D([], [], color="C2", linewidth=1.8, label="pristine (real)"),
+               Line2D([], [], color="C3", linewidth=1.8, label="corrupt (real)"),
+               Line2D([], [], color="0.4", linewidth=0.8, label="null worlds")]
+    if faint:
+        handles.append(Line2D([], [], color="0.4", linewidth=0.5, alpha=0.4, label="per step (real)"))
+    _key(axes[0][-1], handles)
     fig.tight_layout()
     return fig
+
+
+def _null_lines(ax, df: pd.DataFrame, linewidth: float = 0.6, alpha: float = 0.55, **style) -> None:
+    """One thin line per null world (seed mean of `value` per step)."""
+    for _, g in df[df["null"] >= 0].groupby("null"):
+        mean = g.groupby("step")["value"].mean()
+        ax.plot(mean.index, mean.values, linewidth=linewidth, alpha=alpha, **style)
 
 
 def winsorization_fig(metrics: pd.DataFrame):

@@ -17,7 +17,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import jinja2
-import numpy as np
 import pandas as pd
 import yaml
 
@@ -41,9 +40,11 @@ def prepare(metrics: pd.DataFrame, runs: pd.DataFrame, hist: pd.DataFrame, seeds
     main = metrics[mine] if mine.any() else metrics
     coh = params["train"].get("coherence", {})
     m = coh.get("train_sample") if coh.get("train_sample") == coh.get("test_sample") else None
+    window = params.get("findings", {}).get("share_window", findings.SHARE_WINDOW)
+    matched = findings.ws.matched_budget(findings.context(metrics, runs, params))  # W&S §4.3, as the claims
     return SimpleNamespace(metrics=metrics, main=main, runs=runs, hist=hist, seeds=seeds, model=model, m=m,
-                           e5=tables.accuracy_by_difficulty(main), e6=tables.cross_generalization(main),
-                           e8=tables.score_correlations(main))
+                           window=window, matched=matched, e5=tables.accuracy_by_difficulty(main),
+                           e6=tables.cross_generalization(main), e8=tables.score_correlations(main))
 
 
 def draw(t: SimpleNamespace, plots_dir: str | Path) -> dict:
@@ -51,7 +52,7 @@ def draw(t: SimpleNamespace, plots_dir: str | Path) -> dict:
     where the study has no data (a placeholder is written; the report omits the section)."""
     makers = {
         "learning_curves": lambda: plots.learning_curves_fig(t.main),
-        "loss_shares": lambda: plots.loss_shares_fig(t.main),
+        "loss_shares": lambda: plots.loss_shares_fig(t.main, t.runs, t.window),
         "winsorization": lambda: plots.winsorization_fig(t.main),
         "robust_optimizers": lambda: plots.robust_optimizers_fig(t.main),
         "easy_hard": lambda: plots.easy_hard_fig(t.main),
@@ -171,7 +172,9 @@ def sections(t: SimpleNamespace, images: dict) -> dict:
         s["cg-fig1"] = dict(note=_seeds_note(sgd), tables=[_table(_finals(sgd, ["noise"], FINAL),
                                                                   caption=f"{sgd['optimizer'].iloc[0]}, last step")])
     if images["loss_shares"]:
-        s["cg-fig23"] = dict(note=_seeds_note(t.main[t.main["experiment"] == "E2"]), tables=[_crossings(t.main)])
+        windows = _windows_table(t.main, t.runs, t.window)  # none without the designation sizes in runs
+        s["cg-fig23"] = dict(note=_seeds_note(t.main[t.main["experiment"] == "E2"]),
+                             window=t.window if windows["rows"] else None, tables=[windows] if windows["rows"] else [])
     if images["winsorization"]:
         w = full[full["optimizer"].isin(["sgd", "winsorized"])]
         w = w.assign(c=w["clip"].fillna(0).astype(int))
@@ -190,7 +193,10 @@ def sections(t: SimpleNamespace, images: dict) -> dict:
                                caption="where each easy/hard run (one per difficulty seed) made its split"))
         s["ws-fig4"] = dict(note=_seeds_note(t.main[t.main["experiment"] == "E6"]), tables=tabs)
     if images["accuracy_by_difficulty"]:
-        s["ws-fig5"] = dict(note=_seeds_note(t.e5), tables=[_difficulty_table(t.e5, t.hist)])
+        tabs = [_difficulty_table(t.e5, t.hist)]
+        if t.matched:
+            tabs.append(_matched_table(t.matched))
+        s["ws-fig5"] = dict(note=_seeds_note(t.e5), tables=tabs, side=True)
     if images["m_coherence"]:
         s["mc"] = dict(note=_seeds_note(t.metrics[t.metrics["experiment"] == "E7"]), m=t.m,
                        layers=bool(images["m_coherence_layers"]), tables=[_peaks(t.metrics)])
@@ -199,21 +205,37 @@ def sections(t: SimpleNamespace, images: dict) -> dict:
     return s
 
 
-def _crossings(metrics: pd.DataFrame) -> dict:
-    """CG §2.4: the step from which f^p stays below f^c, real designation and each null world."""
+def _windows_table(metrics: pd.DataFrame, runs: pd.DataFrame, window: int) -> dict:
+    """CG §2.4 as the claims read it: per SGD run, f^p − f^c of the windowed shares in the real
+    designation's first window, its lowest later window and its highest window, and the nulls'
+    lowest window, each with its steps."""
+    e2 = metrics[(metrics["experiment"] == "E2") & (metrics["subset"] == "full")]
+    e2 = plots.prefer_sgd(e2) if len(e2) else e2
+    w = tables.windowed_shares(e2, runs, window)
+    meta = e2.drop_duplicates("run").set_index("run")
+    w = w.assign(diff=w["f_pristine"] - w["f_corrupt"],
+                 where=w["step_first"].astype(str) + "–" + w["step_last"].astype(str))
+
+    def at(g, fn):  # the value of one window and its steps
+        r = g.loc[fn(g["diff"])] if g["diff"].notna().any() else None
+        return "—" if r is None else f"{r['diff']:+.3f} (steps {r['where']})"
+
     rows = []
-    e2 = metrics[metrics["experiment"] == "E2"]
-    meta_of = e2.drop_duplicates("run").set_index("run")
-    for run, d in tables.share_crossings(e2).items():
-        meta = meta_of.loc[run]
-        nulls = [v["crossing_step"] for k, v in sorted(d.items()) if k != "real"]
-        rows.append({"noise": f"{meta['noise']:g}", "optimizer": meta["optimizer"], "seed": meta["seed"],
-                     "f^p at step 0": _num(d["real"]["f_pristine_at_0"]),
-                     "crossing, real": d["real"]["crossing_step"] or "never",
-                     "crossing, nulls": ", ".join(str(v or "never") for v in nulls) or "—"})
+    for run, g in w.groupby("run", sort=True):
+        real, nulls = g[g["null"] == -1].sort_values("window"), g[g["null"] >= 0]
+        later = real.iloc[1:]
+        rows.append({"noise": f"{meta.at[run, 'noise']:g}", "optimizer": meta.at[run, "optimizer"],
+                     "seed": int(meta.at[run, "seed"]), "windows": len(real),
+                     "real, first window": at(real.iloc[:1], pd.Series.idxmax),
+                     "real, lowest later": at(later, pd.Series.idxmin),
+                     "real, highest": at(real, pd.Series.idxmax),
+                     "nulls, lowest": at(nulls, pd.Series.idxmin)})
     df = pd.DataFrame(rows).sort_values(["noise", "seed"]) if rows else pd.DataFrame()
-    return _table(df, caption=f"first step from which f^p < f^c for {tables.CROSSING_HOLD} tracked steps in a "
-                              "row (CG: at 25 % and 50 % noise the real curves cross, the nulls do not)")
+    margin = findings.cg.SHARE_MARGIN
+    return _table(df, caption=f"f^p − f^c on loss reductions summed over windows of {window} tracked steps "
+                              f"(findings.share_window), per run. CG §2.4: at 25 % and 50 % noise the real "
+                              f"designation starts above (> {margin:g}) and crosses below (< −{margin:g}), the "
+                              f"nulls stay above −{margin:g}; at 75 % the real one stays below −{margin:g}")
 
 
 def _cross_table(e6: pd.DataFrame) -> dict:
@@ -242,7 +264,33 @@ def _difficulty_table(e5: pd.DataFrame, hist: pd.DataFrame) -> dict:
     paper = {"noise": "0", "variant": "W&S RM3 (ImageNet)", wide.columns[2]: WS_FIG5A["easiest"],
              wide.columns[-1]: WS_FIG5A["hardest"]}
     df = pd.concat([pd.DataFrame([counts]), wide, pd.DataFrame([paper])], ignore_index=True)
-    return _table(df, caption="final training accuracy by difficulty d (0 = easy in every easy/hard run)")
+    return _table(df, caption="training accuracy by difficulty d at the last step (0 = easy in every easy/hard run)")
+
+
+def _matched_table(matched: dict) -> dict:
+    """W&S §4.3 at the matched budget (findings.ws.matched_budget): per seed, SGD's and RM3's
+    training accuracy by difficulty at the first evaluation step where SGD reaches MATCHED_LEVEL;
+    a seed without one gives its reason in the caption."""
+    rows, reasons = [], []
+    for seed, got in sorted(matched.items()):
+        if isinstance(got, str):
+            reasons.append(got)
+            continue
+        step, tab = got
+        for opt in ("sgd", "rm3"):
+            rows.append({"seed": seed, "step": step, "variant": opt,
+                         **{f"d={int(d)}": _num(v) for d, v in tab[opt].items()}})
+    df = pd.DataFrame(rows)
+    if len(df):
+        levels = sorted((c for c in df.columns if c.startswith("d=")), key=lambda c: int(c[2:]))
+        df = df[["seed", "step", "variant", *levels]]
+    level = findings.ws.MATCHED_LEVEL
+    caption = (f"training accuracy by difficulty at the matched budget: the first evaluation step at which SGD "
+               f"(same seed, real labels) reaches {level:g} training accuracy, where the W&S §4.3 claims are "
+               "judged (levels holding examples)")
+    if reasons:
+        caption += ". Not compared: " + "; ".join(reasons)
+    return _table(df, caption=caption)
 
 
 def _peaks(metrics: pd.DataFrame) -> dict:
@@ -273,7 +321,8 @@ def run_table(runs: pd.DataFrame, logs: dict) -> dict:
     rows = []
     for r in runs.to_dict("records"):
         device, wall = logs.get(r["run"], ("—", None))
-        status = r["status"] if r["status"] == "ok" else {"text": r["status"], "cls": "verdict v-does-not-hold"}
+        failed = {"text": r["status"], "cls": "verdict " + verdict_class(findings.FAILS)}
+        status = r["status"] if r["status"] == "ok" else failed
         rows.append({"run": r["run"], "model": r.get("model", "—"), "status": status,
                      "steps": f"{r['steps_done']} / {r.get('steps', '?')}", "wall (s)": _num(wall, 1),
                      "device": device,
@@ -281,17 +330,49 @@ def run_table(runs: pd.DataFrame, logs: dict) -> dict:
     return _table(pd.DataFrame(rows), caption="final accuracies; wall time and device from results/logs/train/")
 
 
-def scorecard_table(card: pd.DataFrame) -> dict:
-    def value(v):  # a step count reads as one (6000, not 6000.000)
-        if isinstance(v, (float, np.floating)) and pd.notna(v) and float(v).is_integer() and abs(v) >= 10:
-            return str(int(v))
-        return _num(v) if isinstance(v, (float, np.floating)) else ("—" if v is None else str(v))
+PAPERS = {"CG": "CG — Coherent Gradients (ICLR 2020)",
+          "W&S": "W&S — Weak and Strong Gradient Directions",
+          "MC": "MC — Making coherence out of nothing at all"}
+COUNT_LABELS = {findings.HOLDS: "hold", findings.FAILS: "do not hold", findings.INCONCLUSIVE: "inconclusive",
+                findings.UNMEASURABLE: "not measurable", findings.UNMEASURED: "not measured"}
 
-    rows = [[r["id"], f"{r['paper']} {r['section']}", r["claim"], r["statistic"], value(r["value"]),
-             r["n_seeds"], r["verdict"], r["detail"]] for r in card.to_dict("records")]
+
+def _sig(v) -> str:
+    """A claim's number, three significant digits (as the detail text: cglib.findings.verdict)."""
+    if v is None or pd.isna(v):
+        return "—"
+    v = float(v)
+    return f"{v:.2e}" if abs(v) >= 1e4 or (v != 0 and abs(v) < 1e-3) else f"{v:.3g}"
+
+
+def verdict_class(verdict: str) -> str:
+    return "v-" + verdict.replace(" ", "-")
+
+
+def scorecard_table(card: pd.DataFrame, shown=None) -> dict:
+    """The scorecard (cglib.findings.COLUMNS) for the template: counts of every verdict, and the
+    claims grouped by paper (PAPERS order, then any other, each in the card's order: CLAIMS).
+    A claim links to its evidence (`#<figure>`) only when that section is on the page (`shown`)."""
+    shown = set(TITLES) if shown is None else set(shown)
+    groups = []
+    for paper in [*[p for p in PAPERS if p in set(card["paper"])],
+                  *[p for p in card["paper"].unique() if p not in PAPERS]]:
+        rows = []
+        for r in card[card["paper"] == paper].to_dict("records"):
+            fig = r.get("figure")
+            interval = "—" if pd.isna(r["low"]) or pd.isna(r["high"]) else f"[{_sig(r['low'])}, {_sig(r['high'])}]"
+            rows.append(dict(id=r["id"], claim=r["claim"], section=f"{r['paper']} {r['section']}",
+                             statistic=r["statistic"], value=_sig(r["value"]), interval=interval,
+                             n=int(r["n"]), verdict=r["verdict"], cls=verdict_class(r["verdict"]),
+                             reason=r["reason"] or "",  # detail: the tests, unless they only repeat it
+                             detail="" if (r["detail"] or "") == (r["reason"] or "") else r["detail"],
+                             href=f"#{fig}" if fig in shown else None,
+                             evidence=TITLES[fig].split(" — ")[0] if fig in TITLES else None,
+                             evidence_title=TITLES.get(fig, "")))
+        groups.append(dict(paper=paper, title=PAPERS.get(paper, paper), rows=rows))
     counts = card["verdict"].value_counts()
-    return dict(columns=["id", "claim", "statistic", "value", "seeds", "verdict", "detail"], rows=rows,
-                counts={v: int(counts.get(v, 0)) for v in (findings.HOLDS, findings.FAILS, findings.UNMEASURED)})
+    return dict(groups=groups, counts=[dict(verdict=v, n=int(counts.get(v, 0)), label=COUNT_LABELS[v],
+                                            cls=verdict_class(v)) for v in findings.VERDICTS])
 
 
 # ---------------------------------------------------------------------------- page
@@ -311,16 +392,21 @@ TITLES = {  # section id → heading, naming the paper figure or table it mirror
 }
 
 
+def environment() -> jinja2.Environment:
+    """The page's templates (cglib/templates), autoescaped, strict about missing values."""
+    return jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+                              autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
+                              lstrip_blocks=True)
+
+
 def render(card: pd.DataFrame, t: SimpleNamespace, images: dict, params: dict, logs: dict, prov: dict) -> str:
     """The whole page (jinja2, autoescaped)."""
-    env = jinja2.Environment(loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-                             autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True,
-                             lstrip_blocks=True)
+    env = environment()
     secs = sections(t, images)
     toc = [(k, TITLES[k]) for k in TITLES if k in secs or k in ("runs", "params", "provenance")]
     img = {k: base64.b64encode(v).decode("ascii") for k, v in images.items() if v}
     return env.get_template("report.html.j2").render(
-        study=params["study"], card=scorecard_table(card), s=secs, titles=TITLES, toc=toc, img=img,
+        study=params["study"], card=scorecard_table(card, secs), s=secs, titles=TITLES, toc=toc, img=img,
         runs=run_table(t.runs, logs), params_yaml=yaml.safe_dump(params, sort_keys=False),
         prov=prov, n_runs=len(t.runs), n_ok=int((t.runs["status"] == "ok").sum()),
         dataset=params["data"]["dataset"], model=t.model)

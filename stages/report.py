@@ -40,8 +40,8 @@ def main(argv=None):
 
     shown = [name for name, png in images.items() if png]
     log(f"{out}/report.html: {len(html) / 1e6:.2f} MB, {len(shown)} of {len(images)} figures "
-        f"({', '.join(shown)}); {len(card)} findings "
-        + json.dumps(card["verdict"].value_counts().to_dict(), ensure_ascii=False)
+        f"({', '.join(shown)}); {len(card)} findings: "
+        + ", ".join(f"{int((card['verdict'] == v).sum())} {v}" for v in findings.VERDICTS)
         + f"; {time.perf_counter() - start:.1f} s")
 
 
