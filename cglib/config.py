@@ -135,6 +135,11 @@ def _mc_checks(p: dict) -> None:
         if noise not in p["corrupt"]["noise"]:
             raise ParamsError(f"mc.noise[{i}]: {noise} is not one of corrupt.noise (no label table for it)")
     n, batch = p["data"]["n_train"], p["train"]["batch_size"]
+    if n and mc["n_train"] > n:
+        raise ParamsError(f"mc.n_train: {mc['n_train']} exceeds data.n_train = {n}")
+    if mc["n_train"] and mc["n_train"] < batch:
+        raise ParamsError(f"mc.n_train: {mc['n_train']} is less than train.batch_size = {batch}")
+    n = mc["n_train"] or n  # the examples an mc run trains on
     if mc["noise"] and n and p["difficulty"]["el2n_epoch"] > mc["steps"] // max(1, n // batch):
         raise ParamsError(f"mc.steps: {mc['steps']} steps end before difficulty.el2n_epoch = "
                           f"{p['difficulty']['el2n_epoch']}, where every run records EL2N")
@@ -287,12 +292,15 @@ def mc_run_name(noise, seed) -> str:
 def mc_params(params: dict) -> dict:
     """The params an mc run trains with: the study's train section, with the mc section's model,
     learning rate, momentum and steps; plain SGD at a constant rate without weight decay (MC §5
-    turned it off) and no loss-share tracking (E2 is the main model's)."""
+    turned it off) and no loss-share tracking (E2 is the main model's); data.n_train is the
+    mc.n_train examples it trains on (so the run's checkpoint fingerprint and the cross-field
+    rules of check_run see them)."""
     mc, t = params["mc"], params["train"]
     train = {**t, "lr": mc["lr"], "momentum": mc["momentum"], "steps": mc["steps"], "base": "sgd", "weight_decay": 0.0,
              "lr_schedule": "constant", "lr_milestones": [], "optimizers": [{"name": "sgd", "clip": 0}],
              "shares": {**t["shares"], "optimizers": []}}
-    return {**params, "model": mc["model"], "train": train}
+    data = {**params["data"], "n_train": mc["n_train"] or params["data"]["n_train"]}
+    return {**params, "model": mc["model"], "train": train, "data": data}
 
 
 def params_for(params: dict, spec: dict) -> dict:
@@ -335,7 +343,7 @@ STAGE_KEYS = {
                      "train.steps", "train.eval_per_decade", "train.eval_train_sample", "train.coherence",
                      "train.shares", "train.amp", "train.channels_last", "train.tf32", "difficulty.el2n_epoch",
                      "difficulty.subset_steps"],
-    "train_mc": ["mc.model", "mc.lr", "mc.momentum", "mc.steps", "train.bn_priming",
+    "train_mc": ["mc.model", "mc.lr", "mc.momentum", "mc.steps", "mc.n_train", "train.bn_priming",
                  "train.bn_prime_steps", "train.batch_size", "train.eval_per_decade",
                  "train.eval_train_sample", "train.coherence", "train.amp", "train.channels_last", "train.tf32",
                  "difficulty.el2n_epoch"],

@@ -22,20 +22,25 @@ def mlp(input_shape: tuple, hidden: list[int], num_classes: int) -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
-def cnn(input_shape: tuple, channels: list[int], num_classes: int) -> nn.Sequential:
+def cnn(input_shape: tuple, channels: list[int], num_classes: int, pool: str = "avg") -> nn.Sequential:
     """Per block: 3×3 conv (no bias: BatchNorm's shift replaces it) → BatchNorm → ReLU → 2×2
-    max-pool; then global average pooling and one linear layer. MC §4 measures m-coherence on
-    BatchNorm networks (ResNet-50); this keeps BatchNorm and convolutions at a size a CPU trains
-    in minutes. Default PyTorch init, as torchvision's ResNets."""
+    max-pool; then global average pooling (pool "avg") or the last feature map flattened (pool
+    "none": a head with channels × H/2^k × W/2^k inputs, enough weights to memorise random labels)
+    and one linear layer. MC §4 measures m-coherence on BatchNorm networks (ResNet-50); this
+    keeps BatchNorm and convolutions at a size a CPU trains in minutes. Default PyTorch init, as
+    torchvision's ResNets."""
     if len(input_shape) != 3:
         raise ValueError(f"cnn needs image inputs (C, H, W), got shape {input_shape}")
     layers: list[nn.Module] = []
-    c_in = input_shape[0]
+    c_in, (h, w) = input_shape[0], input_shape[1:]
     for c_out in channels:
         layers += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
                    nn.ReLU(), nn.MaxPool2d(2)]
-        c_in = c_out
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
+        c_in, h, w = c_out, h // 2, w // 2
+    if pool == "avg":
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c_in, num_classes)]
+    else:
+        layers += [nn.Flatten(), nn.Linear(c_in * h * w, num_classes)]
     return nn.Sequential(*layers)
 
 
@@ -57,7 +62,7 @@ def build_model(model_params: dict, input_shape: tuple, num_classes: int) -> nn.
     if model_params["name"] == "mlp":
         return mlp(input_shape, model_params["hidden"], num_classes)
     if model_params["name"] == "cnn":
-        return cnn(input_shape, model_params["channels"], num_classes)
+        return cnn(input_shape, model_params["channels"], num_classes, model_params.get("pool", "avg"))
     if model_params["name"] == "resnet18":
         if len(input_shape) != 3:
             raise ValueError(f"resnet18 needs image inputs (C, H, W), got shape {input_shape}")

@@ -159,7 +159,8 @@ def model_cost(model, shape, classes=10):
         for c_out in model["channels"]:  # 3×3 conv at full size, then a 2×2 max-pool
             macs, weights = macs + h * w * c * c_out * 9, weights + c * c_out * 9
             c, h, w = c_out, h // 2, w // 2
-        return macs + c * classes, weights + c * classes
+        head = c * classes * (1 if model.get("pool", "avg") == "avg" else h * w)
+        return macs + head, weights + head
     return 0.56e9 * shape[1] * shape[2] / 1024, 11.2e6  # resnet18, 3×3 stem: 0.56 G at 32×32
 
 
@@ -180,12 +181,12 @@ def training_work(stage, optimizer, clip):
     if stage == "train_subset":
         steps = d["subset_steps"] or t["steps"]
     if stage == "train_mc":
-        model, steps = P["mc"]["model"], P["mc"]["steps"]
+        model, steps, n = P["mc"]["model"], P["mc"]["steps"], P["mc"]["n_train"] or n
     evals = t["eval_per_decade"] * (len(str(steps)) + 1)  # eval_steps: per_decade a decade, the ends
     c, s = t["coherence"], t["shares"]
     work = steps * t["batch_size"] * (3 * step_cost(optimizer, clip) + 1)  # steps, E8's epoch records
-    work += evals * ((t["eval_train_sample"] or n) + n_test)  # E1
-    work += evals * 4 * (c["train_sample"] + c["test_sample"])  # E7: ≈1.2 forward+backward passes
+    work += evals * (min(t["eval_train_sample"] or n, n) + n_test)  # E1
+    work += evals * 4 * (min(c["train_sample"], n) + c["test_sample"])  # E7: ≈1.2 forward+backward passes
     if optimizer in s["optimizers"] and s["steps"]:
         work += (min(s["steps"], steps) + evals) * 4 * n  # E2: ≈2.4 passes (+1 for BatchNorm)
     return work, steps, model

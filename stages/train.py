@@ -63,6 +63,12 @@ def main(argv=None):
         if len(diff) != n or not (diff["example"].to_numpy() == examples["example"].to_numpy()).all():
             cli.fail(f"{args.difficulty}: does not list the {n} training examples of {args.data}")
         examples["difficulty"] = diff["difficulty"].to_numpy()
+    if args.mc and params["mc"]["n_train"]:  # the first n_train examples: random labels memorised in a minute
+        keep = params["mc"]["n_train"]
+        if keep > n:
+            cli.fail(f"mc.n_train: {keep} exceeds the {n} training examples of {args.data}", code=2)
+        examples = examples.iloc[:keep]
+        data = dict(data, x_train=data["x_train"][:keep], y_train=data["y_train"][:keep])
     tests = {}
     if args.subset != "full":
         splits = cli.read_table(args.splits, "the difficulty stage")

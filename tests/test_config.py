@@ -221,6 +221,8 @@ def test_params_spellings_same_verdict_in_stages_snakemake_and_dvc(tmp_path, wor
      "train.batch_size: 100 must be divisible by 3 for m3"),
     ("mc", {"noise": [0, 0.25]}, "mc.noise[1]: 0.25 is not one of corrupt.noise"),
     ("mc", {"noise": [0], "steps": 10}, "mc.steps: 10 steps end before difficulty.el2n_epoch"),
+    ("mc", {"noise": [0], "n_train": 1001}, "mc.n_train: 1001 exceeds data.n_train = 1000"),
+    ("mc", {"noise": [0], "n_train": 99}, "mc.n_train: 99 is less than train.batch_size = 100"),
 ])
 def test_replicates_and_mc_cross_checks(section, bad, message):
     base = {"corrupt": {"noise": [0, 0.5]}, "data": {"n_train": 1000}, "difficulty": {"el2n_epoch": 2},
@@ -244,3 +246,20 @@ def test_mc_params_keep_the_study_and_change_only_what_mc_names():
     assert p["train"]["lr"] == 0.3 and p["model"]["name"] == "mlp"  # the study's own params untouched
     plain = config.params_for(p, {"run": "sgd_c0_noise0_seed0", "subset": "full"})
     assert plain["train"] == p["train"] and plain["model"] == p["model"]
+
+
+def test_mc_n_train_is_the_data_an_mc_run_trains_on():
+    """mc.n_train reaches the mc run's params as data.n_train (its checkpoint fingerprint and
+    check_run see it): 10 steps of batch 100 are 10 epochs of 100 examples but 1 of 1,000."""
+    base = {"corrupt": {"noise": [0]}, "data": {"n_train": 1000}, "difficulty": {"el2n_epoch": 2},
+            "train": {"batch_size": 100}, "mc": {"noise": [0], "steps": 10}}
+    with pytest.raises(config.ParamsError, match="mc.steps: 10 steps end before"):
+        config.validate(base)
+    p = config.validate({**base, "mc": {"noise": [0], "steps": 10, "n_train": 100}})
+    spec = {"run": "mc_sgd_c0_noise0_seed0", "subset": "full", "conditions": "mc"}
+    q = config.params_for(p, spec)
+    assert q["data"]["n_train"] == 100 and p["data"]["n_train"] == 1000
+    config.check_run(q, {"name": "sgd", "clip": 0})  # the run's own view: 10 epochs, EL2N at 2
+    every = config.params_for(config.validate({**base, "mc": {"noise": [0], "steps": 100}}), spec)
+    assert every["data"]["n_train"] == 1000  # 0 = all of data.n_train
+    assert "mc.n_train" in config.STAGE_KEYS["train_mc"]

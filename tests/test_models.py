@@ -44,3 +44,11 @@ def test_cnn_blocks_batchnorm_and_pooling():
     import pytest
     with pytest.raises(ValueError, match="image inputs"):
         build_model({"name": "cnn", "channels": [4]}, (10,), 3)
+
+
+def test_cnn_without_pooling_flattens_the_last_feature_map_into_the_head():
+    net = build_model({"name": "cnn", "channels": [8, 16], "pool": "none"}, (1, 28, 28), 10)
+    assert not any(isinstance(m, torch.nn.AdaptiveAvgPool2d) for m in net)
+    assert net[-1].in_features == 16 * 7 * 7 and net(torch.randn(5, 1, 28, 28)).shape == (5, 10)
+    avg = build_model({"name": "cnn", "channels": [8, 16], "pool": "avg"}, (1, 28, 28), 10)
+    assert avg[-1].in_features == 16 and isinstance(avg[-3], torch.nn.AdaptiveAvgPool2d)

@@ -260,3 +260,55 @@ def test_mc_run_trains_the_mc_section_model_and_steps(tmp_path):
     assert meta["conditions"] == "mc" and meta["steps_done"] == 40
     bad = run_stage("train", *train_args(params, tmp_path, "bad", optimizer="rm3"), "--mc")
     assert bad.returncode == 2 and "--mc runs are plain SGD" in bad.stderr
+
+
+def test_mc_n_train_trains_on_the_first_examples_and_a_change_starts_afresh(tmp_path):
+    """mc.n_train: an mc run trains on the first n examples (their labels and corrupt flags from
+    the label table), E7's training sample is drawn from them, and a checkpoint made with another
+    n_train is not resumed. (An MLP: the synthetic data are not images.)"""
+    from cglib.coherence import model_coherence_stats
+    from cglib.data import load_prepared
+    from cglib.models import build_model
+
+    def params(n_train):
+        p = tiny_params(steps=600, coherence={"train_sample": 150, "test_sample": 20})
+        p["mc"] = {"model": {"name": "mlp", "hidden": [7]}, "noise": [0.5], "seeds": [0], "steps": 600,
+                   "n_train": n_train}
+        return write_params(tmp_path / f"p{n_train}.yaml", p)
+
+    run_stage("prepare", "--params", params(60), "--out", tmp_path / "d.pt", check=True)
+    run_stage("corrupt", "--params", params(60), "--data", tmp_path / "d.pt", "--noise", "0.5",
+              "--out", tmp_path / "c.parquet", check=True)
+    # kill a run on 60 examples after a checkpoint, then rerun on the same checkpoint with 80
+    ckpt = tmp_path / "stale.ckpt"
+    kill_after([PY, str(ROOT / "stages" / "train.py"), *map(str, train_args(params(60), tmp_path, "run", ckpt=ckpt)),
+                "--mc"], ckpt)
+    assert torch.load(ckpt, weights_only=False)["step"] > 0
+    rerun = run_stage("train", *train_args(params(80), tmp_path, "run", ckpt=ckpt), "--mc", check=True)
+    assert "resumed" not in rerun.stderr
+    assert f"starting afresh: checkpoint {ckpt} was made with other params.data" in rerun.stderr
+
+    ex = pd.read_parquet(tmp_path / "run" / "examples.parquet")
+    lab = pd.read_parquet(tmp_path / "c.parquet").iloc[:80]
+    assert ex["example"].tolist() == list(range(80))
+    assert (ex["label"].to_numpy() == lab["label"].to_numpy()).all()
+    assert (ex["corrupt"].to_numpy() == lab["corrupt"].to_numpy()).all() and 0 < lab["corrupt"].sum() < 80
+    # E7 at step 0 (no update yet): the 150-example train sample is capped to exactly those 80
+    m = pd.read_parquet(tmp_path / "run" / "metrics.parquet")
+    e7 = m[(m["metric"] == "m_coherence") & (m["step"] == 0) & (m["split"] == "train") & (m["layer"] == "all")]
+    data = load_prepared(tmp_path / "d.pt")
+    torch.manual_seed(0)
+    model = build_model({"name": "mlp", "hidden": [7]}, data["input_shape"], data["num_classes"])
+    want = model_coherence_stats(model, data["x_train"][:80], torch.tensor(lab["label"].to_numpy()))["all"]
+    assert e7["value"].item() == pytest.approx(want.m_coherence, rel=1e-5)
+
+
+def test_mc_n_train_beyond_the_training_set_is_a_params_error(tmp_path):
+    p = tiny_params()
+    p["mc"] = {"model": {"name": "mlp", "hidden": [7]}, "noise": [0.5], "seeds": [0], "steps": 40, "n_train": 300}
+    params = write_params(tmp_path / "p.yaml", p)
+    (tmp_path / "d.pt").write_bytes(b"")  # never read: the params are refused first
+    proc = run_stage("train", *train_args(params, tmp_path, "out"), "--mc")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].endswith("mc.n_train: 300 exceeds data.n_train = 200")
+    assert not (tmp_path / "out").exists()
