@@ -787,3 +787,14 @@ def test_write_the_scorecard_of_a_study(tmp_path):
     assert all(doc[k]["value"] is None and doc[k]["n"] == 3 for k in CLAIM_IDS if k.startswith("mc-"))
     assert list(pd.read_csv(tmp_path / "findings.csv").columns) == findings.COLUMNS
     assert sorted(p.name for p in tmp_path.iterdir()) == ["findings.csv", "findings.json"]
+
+
+def test_windowed_claims_without_the_real_designation_are_not_measured():
+    """Windows of the null worlds alone (no real row): the share claims have nothing to judge,
+    and say so instead of raising."""
+    import cglib.findings as f
+    w = pd.DataFrame({"run": "r", "null": 0, "window": [0, 1], "step_first": [0, 10], "step_last": [9, 19],
+                      "f_pristine": [.6, .6], "f_corrupt": [.4, .4]})
+    for noise in (0.25, 0.5, 0.75):
+        ctx = {"windowed": {(noise, s): w for s in range(3)}}
+        assert f.cg.shares_crossover(ctx) == [] and f.cg.no_crossover_high_noise(ctx) == []

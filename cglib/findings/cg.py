@@ -114,6 +114,8 @@ def shares_crossover(ctx) -> list[dict]:
             continue
         real = _diff(w[w["null"] == -1])
         nulls = [_diff(g) for _, g in w[w["null"] >= 0].groupby("null")]
+        if len(real) < 2:
+            continue  # the real designation needs a first and a later window
         d = per.setdefault(noise, {"start": {}, "cross": {}, "nulls": {}})
         d["start"][seed] = float(real[0])
         d["cross"][seed] = float(real[1:].min())
@@ -127,7 +129,7 @@ def shares_crossover(ctx) -> list[dict]:
 
 def no_crossover_high_noise(ctx) -> list[dict]:
     vals = {seed: float(_diff(w[w["null"] == -1]).max()) for (noise, seed), w in windowed(ctx).items()
-            if noise == NO_CROSSING_NOISE}
+            if noise == NO_CROSSING_NOISE and (w["null"] == -1).any()}
     return [test(f"{c.eps(NO_CROSSING_NOISE)} real, highest window", vals, "<", -SHARE_MARGIN)] if vals else []
 
 

@@ -148,7 +148,8 @@ def matched_budget(ctx) -> dict:
         tab = acc.pivot_table(index="difficulty", columns="optimizer", values="value")
         counts = cnt.pivot_table(index="difficulty", columns="optimizer", values="value")
         tab = tab.reindex(columns=["sgd", "rm3"]).dropna()
-        tab = tab[counts.reindex(tab.index).max(axis=1) > 0]
+        if not counts.empty:  # a level without examples has no accuracy to compare
+            tab = tab[counts.reindex(tab.index).max(axis=1).fillna(1) > 0]
         if tab.empty:
             out[seed] = f"no E5 accuracy of both SGD and RM3 at step {step}, where SGD first reaches " \
                         f"{MATCHED_LEVEL:g} (seed {seed})"
