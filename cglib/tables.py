@@ -61,8 +61,9 @@ AGGREGATE_OUTPUTS = (
 def model_label(model_params: dict) -> str:
     if model_params["name"] == "mlp":
         return "mlp-" + "x".join(map(str, model_params["hidden"]))
-    if model_params["name"] == "cnn":
-        return "cnn-" + "x".join(map(str, model_params["channels"]))
+    if model_params["name"] == "cnn":  # -flat: the last feature map flattened into the head (pool none)
+        flat = "-flat" if model_params.get("pool", "avg") == "none" else ""
+        return "cnn-" + "x".join(map(str, model_params["channels"])) + flat
     return model_params["name"]
 
 

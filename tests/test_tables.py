@@ -97,3 +97,10 @@ def test_designation_sizes_count_pristine_and_corrupt_examples():
     ex = pd.DataFrame({"example": range(5), "corrupt": [True, False, False, True, False]})
     assert tables.designation_sizes(ex) == {"n_pristine": 3, "n_corrupt": 2}
     assert tables.designation_sizes(ex.assign(corrupt=False)) == {"n_pristine": 5, "n_corrupt": 0}
+
+
+def test_model_label_names_the_cnn_head():
+    assert tables.model_label({"name": "cnn", "channels": [4, 8]}) == "cnn-4x8"
+    assert tables.model_label({"name": "cnn", "channels": [4, 8], "pool": "avg"}) == "cnn-4x8"
+    assert tables.model_label({"name": "cnn", "channels": [4, 8], "pool": "none"}) == "cnn-4x8-flat"
+    assert tables.model_label({"name": "mlp", "hidden": [256]}) == "mlp-256"
