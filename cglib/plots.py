@@ -187,6 +187,11 @@ def loss_shares_fig(metrics: pd.DataFrame, runs: pd.DataFrame, window: int):
             w = w.assign(step=(w["step_first"] + w["step_last"]) / 2, value=w[f"f_{kind}"])
             _null_lines(ax, w, color=c, linewidth=0.8, alpha=0.65, gid="windowed-null")
             _curve(ax, w[w["null"] == -1], color=c, linewidth=1.8, marker="o", markersize=2.5, gid="windowed")
+        w = windows[windows["noise"] == noise][["f_pristine", "f_corrupt"]].to_numpy(float)
+        if faint and np.isfinite(w).any():  # the windows set the scale; a per-step spike is clipped
+            lo, hi = np.nanmin(w), np.nanmax(w)
+            pad = 0.25 * (hi - lo) + 0.05
+            ax.set_ylim(lo - pad, hi + pad)
         ax = axes[1][j]
         for kind, c in color.items():
             sel = cell[cell["metric"] == f"i_{kind}"]

@@ -141,6 +141,12 @@ def test_loss_shares_fig_draws_the_windowed_shares_over_faint_per_step_ones():
         assert per_step.get_alpha() < 0.5 and per_step.get_linewidth() < lines["windowed", color].get_linewidth()
     assert "10" in top.get_ylabel()
     plt.close(fig)
+    # a per-step spike (a step where the loss barely moves) does not set the scale: the windows do
+    spiked = metrics.copy()
+    spiked.loc[(spiked["metric"] == "f_pristine") & (spiked["null"] == -1) & (spiked["step"] == 3), "value"] = 40.0
+    fig = plots.loss_shares_fig(spiked, runs, 10)
+    assert fig.axes[0].get_ylim()[1] < 1.5
+    plt.close(fig)
     # without the designation sizes there are no windows: the per-step curves are the figure
     fig = plots.loss_shares_fig(metrics, runs[["run", "status"]], 10)
     assert not {ln.get_gid() for ln in fig.axes[0].lines} & {"windowed", "windowed-null", "per-step"}
