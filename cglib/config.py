@@ -292,13 +292,15 @@ def mc_run_name(noise, seed) -> str:
 def mc_params(params: dict) -> dict:
     """The params an mc run trains with: the study's train section, with the mc section's model,
     learning rate, momentum and steps; plain SGD at a constant rate without weight decay (MC §5
-    turned it off) and no loss-share tracking (E2 is the main model's); data.n_train is the
+    turned it off), no loss-share tracking (E2 is the main model's) and MC's m-coherence alone
+    (m_coherence_label, train.coherence.label_part, is the main model's extra); data.n_train is the
     mc.n_train examples it trains on (so the run's checkpoint fingerprint and the cross-field
     rules of check_run see them)."""
     mc, t = params["mc"], params["train"]
     train = {**t, "lr": mc["lr"], "momentum": mc["momentum"], "steps": mc["steps"], "base": "sgd", "weight_decay": 0.0,
              "lr_schedule": "constant", "lr_milestones": [], "optimizers": [{"name": "sgd", "clip": 0}],
-             "shares": {**t["shares"], "optimizers": []}}
+             "shares": {**t["shares"], "optimizers": []},
+             "coherence": {**t["coherence"], "label_part": False}}
     data = {**params["data"], "n_train": mc["n_train"] or params["data"]["n_train"]}
     return {**params, "model": mc["model"], "train": train, "data": data}
 

@@ -149,10 +149,12 @@ class ScoreProbe:
 
 
 def make_probes(params: dict, optimizer: str, data: dict, labels, corrupt, log=print,
-                schedule: list[int] = ()) -> dict:
+                schedule: list[int] = (), noise: float | None = None) -> dict:
     """The probes a study asks for (`train.coherence`, `train.shares`; the E8 scores always) in
-    a run of `optimizer`. `corrupt` is None in clean-label runs (no shares to split); `schedule`
-    the run's evaluation steps."""
+    a run of `optimizer` at label noise `noise`. `corrupt` is None in clean-label runs (no shares
+    to split); `schedule` the run's evaluation steps. The shares are tracked only at 0 < ε < 1,
+    the levels CG §2.4 analyses (25, 50, 75 %): at ε = 0 there is no corrupt group (f^p ≡ 1), and
+    at ε = 1 every label was permuted, so the "pristine" examples are chance matches."""
     train_params = params["train"]
     probes = {}
     coh = train_params["coherence"]
@@ -162,7 +164,8 @@ def make_probes(params: dict, optimizer: str, data: dict, labels, corrupt, log=p
     if coh["train_sample"] or coh["test_sample"]:
         probes["coherence"] = CoherenceProbe(coh, data["x_train"], labels, data["x_test"], data["y_test"], prime_bn)
     shares = train_params["shares"]
-    if shares["steps"] and optimizer in shares["optimizers"] and corrupt is not None:
+    contrast = noise is None or 0 < noise < 1
+    if shares["steps"] and optimizer in shares["optimizers"] and corrupt is not None and contrast:
         probes["shares"] = ShareProbe(train_params["shares"], data["x_train"], labels, corrupt, log, prime_bn,
                                       schedule)
     probes["scores"] = ScoreProbe(data["x_train"], labels, train_params["batch_size"],

@@ -214,7 +214,8 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
                                         t["winsorize_reading"])
     transform.amp = torch.bfloat16 if options["amp"] == "bf16" else None
     schedule = eval_steps(t["steps"], t["eval_per_decade"])
-    probes = make_probes(params, spec["optimizer"], data, labels, corrupt, log, schedule)
+    probes = make_probes(params, spec["optimizer"], data, labels, corrupt, log, schedule,
+                         noise=spec.get("noise"))
 
     eval_idx = fixed_sample(n, t["eval_train_sample"] or n, seed=0, device=device)
     run = dict(x_eval=data["x_train"][eval_idx], y_eval=labels[eval_idx],

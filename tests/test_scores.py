@@ -511,3 +511,26 @@ def test_variability_auroc_has_no_fixed_side_for_corrupt_labels():
         assert frame["variability"].to_numpy() == pytest.approx(_cartography_variability(z, y), abs=1e-9)
         auc = auroc_corrupt(frame[["variability"]], corrupt)["variability"]
         assert (auc < 0.2) if side == "low" else (auc > 0.8), (side, auc)
+
+
+def test_rank_statistics_equal_scipy_with_ties_and_never_learned():
+    """spearman_with and auroc_corrupt work on pandas ranks (no scipy import in a training job):
+    the same numbers as scipy.stats.spearmanr and mannwhitneyu's U / (n1·n0), ties and +inf included."""
+    from scipy.stats import mannwhitneyu, spearmanr
+
+    rng = np.random.default_rng(0)
+    for trial in range(5):
+        n = 200
+        forgetting = rng.integers(0, 4, n).astype(float)
+        forgetting[rng.random(n) < 0.1] = np.inf  # never learned
+        el2n = np.round(rng.random(n), 2)  # many ties
+        frame = pd.DataFrame({"forgetting_events": forgetting, "el2n": el2n})
+        difficulty = rng.integers(0, 9, n)
+        corrupt = rng.random(n) < 0.3
+        rho = spearman_with(frame, difficulty)
+        auc = auroc_corrupt(frame, corrupt)
+        for col in ("forgetting_events", "el2n"):
+            assert rho[col] == pytest.approx(spearmanr(frame[col], difficulty).statistic, abs=1e-12)
+            h = HARDNESS_SIGN[col] * frame[col].to_numpy()
+            u = mannwhitneyu(h[corrupt], h[~corrupt], method="asymptotic").statistic
+            assert auc[col] == pytest.approx(u / (corrupt.sum() * (~corrupt).sum()), abs=1e-12)

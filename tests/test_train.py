@@ -118,7 +118,8 @@ def test_run_learns_pristine_before_corrupt(tmp_path):
 
 
 def test_probes_rows_and_noise_zero(tmp_path):
-    """E2/E7 rows land in the run table; at ε = 0 there is no corrupt group and no NaN row."""
+    """E2/E7 rows land in the run table; at ε = 0 there is no corrupt group: no E2 rows (CG §2.4
+    tracks the shares at 0 < ε < 1 only) and no NaN row."""
     params = write_params(tmp_path / "p.yaml", tiny_params(**PROBES))
     run_stage("prepare", "--params", params, "--out", tmp_path / "d.pt", check=True)
     for noise in ("0.0", "0.5"):
@@ -136,11 +137,10 @@ def test_probes_rows_and_noise_zero(tmp_path):
         assert {"all", "1", "3"} <= set(e7["layer"])  # whole model and both Linear layers
         assert e7["step"].nunique() == m.loc[m["experiment"] == "E1", "step"].nunique()
         e2 = m[m["experiment"] == "E2"]
-        assert sorted(e2["step"].unique()) == list(range(61))  # every step of the 60-step run, and the end
         if noise == "0.0":
-            assert "no corrupt examples" in proc.stderr
-            assert set(e2["metric"]) == {"f_pristine", "f_corrupt", "i_pristine"} and set(e2["null"]) == {-1}
+            assert e2.empty and "loss-reduction shares" not in proc.stderr
         else:
+            assert sorted(e2["step"].unique()) == list(range(61))  # every step of the 60-step run, and the end
             assert set(e2["null"]) == {-1, 0, 1}
             f = e2.pivot_table(index=["step", "null"], columns="metric", values="value")
             assert ((f["f_pristine"] + f["f_corrupt"] - 1).abs() < 1e-9).all()
@@ -312,3 +312,18 @@ def test_mc_n_train_beyond_the_training_set_is_a_params_error(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].endswith("mc.n_train: 300 exceeds data.n_train = 200")
     assert not (tmp_path / "out").exists()
+
+
+def test_shares_are_tracked_only_where_both_groups_mean_something():
+    """CG §2.4 analyses 25, 50 and 75 % noise: no shares probe at ε = 0 (no corrupt group) or
+    ε = 1 (every label permuted), one at 0 < ε < 1, and one when the level is not given."""
+    from cglib.probes import make_probes
+
+    p = config.validate(tiny_params(**PROBES))
+    g = torch.Generator().manual_seed(0)
+    data = {"x_train": torch.randn(30, 4, generator=g), "x_test": torch.randn(10, 4, generator=g),
+            "y_test": torch.randint(0, 3, (10,), generator=g), "num_classes": 3}
+    labels, corrupt = torch.randint(0, 3, (30,), generator=g), torch.arange(30) % 2 == 0
+    have = {noise: "shares" in make_probes(p, "sgd", data, labels, corrupt, log=lambda *_: None, noise=noise)
+            for noise in (0.0, 0.25, 0.5, 0.999, 1.0, None)}
+    assert have == {0.0: False, 0.25: True, 0.5: True, 0.999: True, 1.0: False, None: True}
