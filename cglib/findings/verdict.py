@@ -95,9 +95,9 @@ def unmeasured(reason: str = "no data for this claim in the study") -> dict:
 def _fmt(v: float) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "—"
-    if abs(v) >= 1e4 or (v != 0 and abs(v) < 1e-3):
+    if abs(v) >= 1e5 or (v != 0 and abs(v) < 1e-3):
         return f"{v:.2e}"
-    return f"{v:.3g}"
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"  # a step count reads as one: 2333, not 2.33e+03
 
 
 def describe(t: dict) -> str:
