@@ -49,3 +49,16 @@ def test_bad_inputs():
         corrupt_labels(labels(10), 1.5, 0, 10)
     with pytest.raises(ValueError):
         corrupt_labels(np.array([0, 11]), 0.5, 0, 10)
+
+
+def test_noise_and_labels_are_checked_on_both_sides_of_their_bounds():
+    y = np.array([0, 9, 3])
+    for noise in (0.0, 1.0):  # the bounds themselves are valid
+        corrupt_labels(y, noise, seed=0, num_classes=10)
+    for noise in (-0.01, -0.5, 1.01, 1.5):
+        with pytest.raises(ValueError, match="noise must be in"):
+            corrupt_labels(y, noise, seed=0, num_classes=10)
+    for bad in ([-1, 3], [10, 3]):  # below 0, at K
+        with pytest.raises(ValueError, match="labels must lie"):
+            corrupt_labels(np.array(bad), 0.5, seed=0, num_classes=10)
+    assert corrupt_labels(np.array([], dtype=np.int64), 0.5, seed=0, num_classes=10)[0].size == 0
