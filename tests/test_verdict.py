@@ -168,3 +168,30 @@ def test_no_tests_is_not_measured():
     res = v.judge([])
     assert res["verdict"] == UNMEASURED and res["n"] == 0 and math.isnan(res["value"]) and res["tests"] == []
     assert v.judge([_t(UNMEASURED)], no_data="no E7")["reason"] == "no E7"
+
+
+def test_interval_of_one_and_of_two_values():
+    mean, low, high, n = v.interval([5.0])
+    assert (mean, n) == (5.0, 1) and math.isnan(low) and math.isnan(high)
+    mean, low, high, n = v.interval([1.0, 3.0, None, math.nan])
+    assert (mean, n) == (2.0, 2) and low < 2.0 < high  # two values: a finite interval
+
+
+def test_fmt_at_each_boundary_of_its_formats():
+    assert v._fmt(None) == v._fmt(math.nan) == "—"
+    assert v._fmt(0.0) == "0" and v._fmt(0.5) == "0.5" and v._fmt(99.5) == "99.5"
+    assert v._fmt(1e-3) == "0.001" and v._fmt(9.99e-4) == "9.99e-04" and v._fmt(-2e-4) == "-2.00e-04"
+    assert v._fmt(99999.0) == "99999" and v._fmt(1e5) == "1.00e+05" and v._fmt(2e5) == "2.00e+05"
+    assert v._fmt(2333.0) == "2333"
+
+
+def test_describe_shows_the_interval_from_two_seeds_and_the_reason_unless_it_holds():
+    one = v.test("a", {0: 1.0}, ">", 0.0)
+    assert v.describe(one) == "a: 1 n=1, claimed > 0 → inconclusive (1 seed, fewer than 3)"
+    two = v.test("a", {0: 1.0, 1: 3.0}, ">", 0.0)
+    assert v.describe(two).startswith("a: 2 [") and "n=2" in v.describe(two)
+    holds = v.test("b", {0: 1.0, 1: 1.0, 2: 1.0}, ">", 0.0)
+    assert v.describe(dict(holds, reason="kept")) == "b: 1 [1, 1] n=3, claimed > 0 → holds"
+    fails = v.test("b", {0: 1.0, 1: 1.0, 2: 1.0}, "<", 0.0)
+    assert v.describe(fails).endswith("→ does not hold (the interval lies wholly above 0)")
+    assert v.describe(dict(fails, reason="")).endswith("→ does not hold")
