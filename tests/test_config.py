@@ -242,7 +242,9 @@ def test_mc_params_keep_the_study_and_change_only_what_mc_names():
     assert q["model"] == p["mc"]["model"] and q["model"]["name"] == "cnn"
     assert (t["lr"], t["momentum"], t["steps"], t["base"], t["weight_decay"]) == (0.02, 0.9, 1400, "sgd", 0.0)
     assert t["optimizers"] == [{"name": "sgd", "clip": 0}] and t["shares"]["optimizers"] == []
-    assert t["batch_size"] == 50 and t["coherence"] == p["train"]["coherence"]  # the rest is the study's
+    assert p["train"]["coherence"]["label_part"] is True  # the study measures the label part...
+    assert t["coherence"] == {**p["train"]["coherence"], "label_part": False}  # ...MC's runs MC's m-coherence alone
+    assert t["batch_size"] == 50  # the rest is the study's
     assert p["train"]["lr"] == 0.3 and p["model"]["name"] == "mlp"  # the study's own params untouched
     plain = config.params_for(p, {"run": "sgd_c0_noise0_seed0", "subset": "full"})
     assert plain["train"] == p["train"] and plain["model"] == p["model"]
