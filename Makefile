@@ -30,13 +30,13 @@ bench: venv
 dvc-repro: venv dataset
 	$(BIN)/dvc repro
 
-# Mutation testing of one module (cosmic-ray, in a copy of the checkout): only the tests that
-# tests/mutation_map.yaml lists for it; prints the score and each survivor as file:line, writes
-# them to results/mutants/<module>.txt; tests/mutants_equivalent.txt keeps the equivalent ones
+# Mutation testing of one module (cosmic-ray's mutants, in copies of the checkout): only the tests
+# that tests/mutation_map.yaml lists for it; prints the score and each survivor as file:line,
+# writes them to results/mutants/<module>.txt; tests/mutants_equivalent.txt keeps the equivalent
+# ones. Without M: every module of the map, then the table results/mutants/summary.txt.
 .PHONY: mutants
 mutants: venv
-	@test -n "$(M)" || { echo "usage: make mutants M=cglib/<module>.py"; exit 2; }
-	$(BIN)/python scripts/mutants.py $(M)
+	$(BIN)/python scripts/mutants.py $(if $(M),$(M),--all)
 
 # On a machine with an NVIDIA GPU: the smoke study on CUDA and on the CPU, compared within the
 # tolerances stated in scripts/gpu_check.py (one line and exit 1 where there is no CUDA)

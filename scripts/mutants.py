@@ -1,16 +1,21 @@
-"""Mutation testing of one module: `make mutants M=cglib/robust.py`.
+"""Mutation testing of one module: `make mutants M=cglib/robust.py` (or every mapped one: `make mutants`).
 
 Cosmic Ray 8 makes the mutants (one small change each: a comparison at its boundary, an operator,
-a number, a boolean, a loop that runs zero times) and runs, for each, only the tests that
-tests/mutation_map.yaml lists for the module. A mutant the tests still pass on is a survivor:
+a number, a boolean, a loop that runs zero times) and the script runs, for each, only the tests
+that tests/mutation_map.yaml lists for the module. A mutant the tests still pass on is a survivor:
 either a missing test or an equivalent mutant, recorded with its reason in
 tests/mutants_equivalent.txt so that the next run shows only new survivors.
 
-Cosmic Ray writes each mutant to the file on disk, so it works in a copy of the checkout (a
-temporary directory, first on PYTHONPATH): the checkout itself, and whoever else is using it,
-never sees a mutated module.
+Why not Cosmic Ray's own runner: it starts a fresh interpreter per mutant, and importing torch,
+pandas and scipy costs seconds, more than most modules' tests; a module has hundreds of
+mutants. So this script imports those libraries once, then runs each mutant's tests in a fork of
+that warmed interpreter (pytest in-process; the fork imports cglib afresh, mutated), one per core
+at a time. Each worker has its own copy of the checkout and writes its mutant to disk there (as
+Cosmic Ray does), so a test that starts a subprocess sees the mutant too, and the checkout itself
+is never touched. Nothing has run a torch operation before the fork, so no thread pool is copied.
 
-    python scripts/mutants.py cglib/robust.py [--root DIR] [--out results/mutants] [--timeout 120]
+    python scripts/mutants.py cglib/robust.py [--root DIR] [--out results/mutants] [--timeout 300] [--jobs N]
+    python scripts/mutants.py --all                # every module of the map, then a table
 
 Prints the score and every survivor as file:line, writes the same to <out>/<module>.txt; exit 1
 when a survivor is left, 2 when the mapped tests fail before any mutation.
@@ -22,9 +27,10 @@ import json
 import os
 import re
 import shutil
-import subprocess
+import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import yaml
@@ -88,28 +94,22 @@ def copy_tree(root: Path, dest: Path) -> None:
         (dest / "data").symlink_to(root / "data")
 
 
-def run(module: str, root: Path, out: Path, timeout: float, mapping: Path, equivalent: Path) -> int:
+def run(module: str, root: Path, out: Path, timeout: float, mapping: Path, equivalent: Path,
+        jobs: int = 0) -> tuple[int, dict]:
     tests = mapped_tests(mapping, module)
     equivalents = read_equivalents(equivalent)
     source = (root / module).read_text().splitlines()
+    jobs = jobs or os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="mutants-") as tmp:
-        work = Path(tmp) / "tree"
-        copy_tree(root, work)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(work), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-                   PYTHONDONTWRITEBYTECODE="1")
-        pytest = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:xdist", "-p", "no:cacheprovider", *tests]
-        base = subprocess.run(pytest, cwd=work, env=env, capture_output=True, text=True)
-        if base.returncode != 0:
-            print(base.stdout[-3000:], base.stderr[-2000:], sep="\n")
+        trees = [Path(tmp) / f"tree{i}" for i in range(jobs)]
+        for tree in trees:
+            copy_tree(root, tree)
+        base = run_tests(trees[0], tests, Path(tmp) / "base.log", timeout=None)
+        if base != "survived":
+            print((Path(tmp) / "base.log").read_text()[-4000:])
             print(f"mutants: the mapped tests of {module} fail before any mutation ({' '.join(tests)})")
-            return 2
-        config = work / "cosmic-ray.toml"
-        config.write_text(
-            "[cosmic-ray]\n"
-            f"module-path = {json.dumps(module)}\ntimeout = {timeout}\nexcluded-modules = []\n"
-            f"test-command = {json.dumps(' '.join(map(quote, pytest)))}\n"
-            "[cosmic-ray.distributor]\nname = \"local\"\n")
-        results = mutate(work, env, config)
+            return 2, {}
+        results = mutate(module, trees, tests, timeout, Path(tmp))
     killed, kept, survivors = 0, 0, []
     for op, row, col, outcome in results:
         code = source[row - 1].strip()
@@ -132,50 +132,149 @@ def run(module: str, root: Path, out: Path, timeout: float, mapping: Path, equiv
     path = out / (module.removesuffix(".py").replace("/", ".") + ".txt")
     path.write_text(report)
     print(f"written to {path}")
-    return 1 if survivors else 0
+    row = dict(module=module, mutants=killed + kept + len(survivors), killed=killed, equivalent=kept,
+               survived=len(survivors), score=round(score, 1))
+    return (1 if survivors else 0), row
 
 
-def mutate(work: Path, env: dict, config: Path) -> list[tuple[str, int, int, str]]:
-    """Cosmic Ray's session in the copy: every mutant of KEEP's operators, each tested by the
-    config's test command; (operator, line, column, test outcome) of each."""
-    from cosmic_ray import commands, modules
-    from cosmic_ray.config import load_config
+def mutants_of(module: str, tmp: Path) -> list[tuple[str, int, int, str]]:
+    """Cosmic Ray's mutants of the module, those of KEEP's operators: (operator, line, column,
+    mutated source) each, in Cosmic Ray's order."""
+    from cosmic_ray import commands, modules, plugins
+    from cosmic_ray.mutating import mutate_code
     from cosmic_ray.work_db import WorkDB, use_db
-    from cosmic_ray.work_item import WorkerOutcome, WorkResult
 
-    cfg, here, environ = load_config(str(config)), os.getcwd(), dict(os.environ)
-    os.chdir(work)  # Cosmic Ray mutates module-path relative to the working directory
-    os.environ.update(env)  # and its test command inherits this process's environment
+    original = (Path.cwd() / module).read_text() if not Path(module).is_absolute() else Path(module).read_text()
+    found = []
+    with use_db(str(tmp / "session.sqlite"), mode=WorkDB.Mode.create) as db:
+        commands.init(modules.find_modules([Path(module)]), db, {})
+        for item in db.pending_work_items:
+            m = item.mutations[0]
+            if m.operator_name not in KEEP:
+                continue
+            code = mutate_code(original, plugins.get_operator(m.operator_name)(), m.occurrence)
+            if code is not None:
+                found.append((m.operator_name.removeprefix("core/"), m.start_pos[0], m.start_pos[1], code))
+    return found
+
+
+def run_tests(tree: Path, tests: list[str], log: Path, timeout: float | None) -> str:
+    """The mapped tests in a fork of this interpreter, in `tree`: "survived" when they pass,
+    "killed" when one fails, errors or the run outlasts the timeout."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns
+        code = 1
+        try:
+            fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(fd, 1)
+            os.dup2(fd, 2)
+            os.chdir(tree)
+            sys.path.insert(0, str(tree))
+            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
+            # the tests use no plugin; loading the installed ones (xdist, hydra's) costs a second
+            os.environ["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
+            import pytest
+            code = pytest.main(["-x", "-q", "-p", "no:cacheprovider", *tests])
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(int(code))
+    return wait(pid, timeout)
+
+
+def wait(pid: int, timeout: float | None) -> str:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, 0 if deadline is None else os.WNOHANG)
+        if done:
+            return "survived" if os.waitstatus_to_exitcode(status) == 0 else "killed"
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return "killed"
+        time.sleep(0.05)
+
+
+def mutate(module: str, trees: list[Path], tests: list[str], timeout: float,
+           tmp: Path) -> list[tuple[str, int, int, str]]:
+    """Every mutant, each in a free tree: written there, tested in a fork, the original put
+    back. (operator, line, column, outcome) of each."""
+    here = os.getcwd()
+    os.chdir(trees[0])  # Cosmic Ray finds the module relative to the working directory
     try:
-        with use_db(str(work / "session.sqlite"), mode=WorkDB.Mode.create) as db:
-            commands.init(modules.find_modules([Path(cfg["module-path"])]), db, cfg.operators_config)
-            for item in list(db.pending_work_items):
-                if item.mutations[0].operator_name not in KEEP:
-                    db.set_result(item.job_id, WorkResult(output="not one of KEEP", worker_outcome=WorkerOutcome.SKIPPED))
-            commands.execute(db, cfg)
-            return [(m.operator_name.removeprefix("core/"), m.start_pos[0], m.start_pos[1], result.test_outcome.value)
-                    for item, result in db.completed_work_items if result.worker_outcome != WorkerOutcome.SKIPPED
-                    for m in item.mutations[:1]]
+        todo = mutants_of(module, tmp)
     finally:
         os.chdir(here)
-        os.environ.clear()
-        os.environ.update(environ)
+    original = (trees[0] / module).read_text()
+    free, running, results = list(trees), {}, []
+    total, t0 = len(todo), time.monotonic()
+    while todo or running:
+        while todo and free:
+            op, row, col, code = todo.pop(0)
+            tree = free.pop()
+            (tree / module).write_text(code)
+            log = tmp / f"{tree.name}.log"
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0 if run_tests(tree, tests, log, timeout) == "survived" else 1)
+            running[pid] = (tree, (op, row, col))
+        pid, status = os.wait()
+        tree, key = running.pop(pid)
+        (tree / module).write_text(original)
+        free.append(tree)
+        results.append((*key, "survived" if os.waitstatus_to_exitcode(status) == 0 else "killed"))
+        if len(results) % 25 == 0 or len(results) == total:
+            print(f"  {len(results)}/{total} mutants, {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
+    return results
 
 
 def quote(arg: str) -> str:
     return arg if re.fullmatch(r"[\w./:=@+-]+", arg) else "'" + arg.replace("'", "'\\''") + "'"
 
 
+def warm() -> None:
+    """Import, once, what every mutant's tests import: each fork then starts with them loaded.
+    One thread each, since the workers already fill the cores. cglib itself is not imported here:
+    each fork imports it from its own tree, mutated."""
+    os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1")
+    sys.dont_write_bytecode = True
+    for name in ["torch", "torchvision", "numpy", "pandas", "pyarrow.parquet", "scipy.stats", "matplotlib.pyplot",
+                 "jinja2", "pytest"]:
+        try:
+            __import__(name)
+        except ImportError:
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("module", help="a module of the checkout, e.g. cglib/robust.py")
+    parser.add_argument("module", nargs="?", help="a module of the checkout, e.g. cglib/robust.py")
+    parser.add_argument("--all", action="store_true", help="every module of tests/mutation_map.yaml, then a table")
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout (default: this one)")
-    parser.add_argument("--out", type=Path, help="where the report goes (default: <root>/results/mutants)")
+    parser.add_argument("--out", type=Path, help="where the reports go (default: <root>/results/mutants)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant's test run")
+    parser.add_argument("--jobs", type=int, default=0, help="mutants tested at once (default: one per core)")
     args = parser.parse_args(argv)
+    if bool(args.module) == args.all:
+        parser.error("give one module or --all")
     root = args.root.resolve()
-    return run(args.module, root, args.out or root / "results" / "mutants", args.timeout,
-               root / "tests" / "mutation_map.yaml", root / "tests" / "mutants_equivalent.txt")
+    mapping, equivalent = root / "tests" / "mutation_map.yaml", root / "tests" / "mutants_equivalent.txt"
+    out = args.out or root / "results" / "mutants"
+    modules = list(yaml.safe_load(mapping.read_text())) if args.all else [args.module]
+    warm()
+    worst, rows = 0, []
+    for module in modules:
+        code, row = run(module, root, out, args.timeout, mapping, equivalent, args.jobs)
+        worst = max(worst, code)
+        if row:
+            rows.append(row)
+    if args.all:
+        table = ["module                          mutants  killed  equivalent  survived  score"]
+        table += [f"{r['module']:<32}{r['mutants']:>7}{r['killed']:>8}{r['equivalent']:>12}{r['survived']:>10}"
+                  f"{r['score']:>6.1f} %" for r in rows]
+        print("\n".join(table))
+        (out / "summary.txt").write_text("\n".join(table) + "\n")
+    return worst
 
 
 if __name__ == "__main__":
