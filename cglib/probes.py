@@ -14,10 +14,10 @@ import contextlib
 
 import torch
 
-from cglib.coherence import model_coherence_stats
+from cglib.coherence import model_coherence_stats, per_example_sq_norms
 from cglib.data import fixed_sample
 from cglib.models import logits
-from cglib.scores import ExampleScores, grand
+from cglib.scores import ExampleScores
 from cglib.shares import LossShareTracker
 
 
@@ -110,7 +110,8 @@ class ScoreProbe:
 
     def rows(self, step: int, model, scheduled: bool) -> list[dict]:
         if step == 0:
-            self.scores.set_grand(grand(model, self.x, self.y, chunk_size=self.chunk))
+            # set_grand takes the squared norms (scores.grand would hand over their square roots)
+            self.scores.set_grand(per_example_sq_norms(model, self.x, self.y, chunk_size=self.chunk))
         elif step % self.per_epoch == 0:
             tail = (~self.presented).nonzero().squeeze(1)
             if len(tail):

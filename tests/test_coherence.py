@@ -546,39 +546,6 @@ def test_mc_priming_is_a_no_op_without_batchnorm():
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("then_eval", [True, False])
-def test_share_probe_dense_then_sparse_schedule_weights_i_by_the_steps_each_stands_for(then_eval):
-    """Every step of the first 5, then the evaluation steps to 100: each sparse measurement
-    stands for the steps until the next one, so on a model that does not move (every step's
-    shares equal) i^p, i^c equal those of measuring all 101 steps."""
-    from cglib.probes import ShareProbe
-    from cglib.train import eval_steps
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
-    g = torch.Generator().manual_seed(1)
-    x, y = torch.randn(40, 6, generator=g), torch.randint(0, 3, (40,), generator=g)
-    corrupt = torch.arange(40) % 4 == 0
-    cfg = {"steps": 5, "then_eval": then_eval, "nulls": 2, "seed": 0, "chunk_size": 16}
-    probe = ShareProbe(cfg, x, y, corrupt, schedule=eval_steps(100, 9))
-    dense = ShareProbe({**cfg, "steps": 101, "then_eval": False}, x, y, corrupt)
-    measured, last, last_dense = [], None, None
-    for step in range(101):
-        rows = probe.rows(step, model, scheduled=False)
-        if rows:
-            measured.append(step)
-            last = rows
-        last_dense = dense.rows(step, model, scheduled=False)
-    if not then_eval:
-        assert measured == [0, 1, 2, 3, 4]
-        return
-    assert measured == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, *range(10, 100, 10), 100]
-    assert probe.weight[9] == 1 and probe.weight[10] == 10 and probe.weight[90] == 10 and probe.weight[100] == 1
-    assert sum(probe.weight.values()) == 101
-    val = lambda rows: {(r["metric"], r["null"]): r["value"] for r in rows}  # noqa: E731
-    for key, v in val(last_dense).items():
-        assert val(last)[key] == pytest.approx(v, rel=1e-9), key
-
-
 def test_label_part_coherence_is_that_of_the_label_dependent_gradients():
     """loss="label_part" measures the gradients of mean_k z_k − z_y, torch.func's value, and
     those are the cross-entropy gradients minus the gradients against a uniform target (the
