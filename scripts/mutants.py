@@ -1,7 +1,9 @@
 """Mutation testing of one module: `make mutants M=cglib/robust.py` (or every mapped one: `make mutants`).
 
 Cosmic Ray 8 makes the mutants (one small change each: a comparison at its boundary, an operator,
-a number, a boolean, a loop that runs zero times) and the script runs, for each, only the tests
+a number, a boolean, a loop that runs zero times), three operators of ours add the slips of tables
+and fingerprints (scripts/mutant_operators.py: a dict entry or listed name dropped, neighbouring
+values swapped, ceil ↔ floor), and the script runs, for each, only the tests
 that tests/mutation_map.yaml lists for the module. A mutant the tests still pass on is a survivor:
 either a missing test or an equivalent mutant, recorded with its reason in
 tests/mutants_equivalent.txt so that the next run shows only new survivors.
@@ -35,6 +37,9 @@ from pathlib import Path
 
 import yaml
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mutant_operators import OPERATORS  # noqa: E402  (DropEntry, SwapAdjacentValues, RoundingReplacer)
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # The slips that silently change a result, one line each: a comparison at its boundary or
@@ -54,6 +59,8 @@ KEEP |= {f"core/{name}" for name in [
     "ReplaceUnaryOperator_Delete_Invert", "ReplaceAndWithOr", "ReplaceOrWithAnd", "ReplaceTrueWithFalse",
     "ReplaceFalseWithTrue", "AddNot", "NumberReplacer", "ZeroIterationForLoop", "ReplaceBreakWithContinue",
     "ReplaceContinueWithBreak", "ExceptionReplacer"]}
+# and ours (scripts/mutant_operators.py): a dict entry or listed name dropped, two neighbouring
+# values swapped, a rounding turned the other way — the table and fingerprint slips
 
 # not copied (outputs, caches, the venv); data/ is linked, the stage tests read the dataset
 SKIP = {".git", ".venv", "results", ".snakemake", ".cache", ".pytest_cache", "__pycache__", "mutants",
@@ -141,6 +148,7 @@ def mutants_of(module: str, tmp: Path) -> list[tuple[str, int, int, str]]:
     """Cosmic Ray's mutants of the module, those of KEEP's operators: (operator, line, column,
     mutated source) each, in Cosmic Ray's order."""
     from cosmic_ray import commands, modules, plugins
+    from cosmic_ray.ast import ast_nodes, get_ast
     from cosmic_ray.mutating import mutate_code
     from cosmic_ray.work_db import WorkDB, use_db
 
@@ -155,6 +163,14 @@ def mutants_of(module: str, tmp: Path) -> list[tuple[str, int, int, str]]:
             code = mutate_code(original, plugins.get_operator(m.operator_name)(), m.occurrence)
             if code is not None:
                 found.append((m.operator_name.removeprefix("core/"), m.start_pos[0], m.start_pos[1], code))
+    # ours, enumerated as Cosmic Ray's init does: every position of every node, in tree order
+    module_ast = get_ast(original)
+    for name, operator in OPERATORS.items():
+        positions = [start for node in ast_nodes(module_ast) for start, _ in operator().mutation_positions(node)]
+        for occurrence, (row, col) in enumerate(positions):
+            code = mutate_code(original, operator(), occurrence)
+            if code is not None:
+                found.append((name, row, col, code))
     return found
 
 

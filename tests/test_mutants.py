@@ -99,3 +99,40 @@ def test_every_mapped_module_exists_and_every_kept_equivalent_parses():
         assert all((ROOT / t.split("::")[0]).is_file() for t in entry["tests"]), module
     kept = mutants.read_equivalents(ROOT / "tests" / "mutants_equivalent.txt")
     assert all(path in mapping for path, _, _ in kept)
+
+
+def test_our_operators_make_exactly_their_examples_and_nothing_else():
+    from cosmic_ray.ast import ast_nodes, get_ast
+    from cosmic_ray.mutating import mutate_code
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from mutant_operators import OPERATORS
+
+    for name, operator in OPERATORS.items():
+        for ex in operator.examples():
+            assert mutate_code(ex.pre_mutation_code + "\n", operator(), ex.occurrence) == ex.post_mutation_code + "\n", name
+    count = lambda op, src: sum(1 for node in ast_nodes(get_ast(src)) for _ in op().mutation_positions(node))
+    drop, swap, rounding = OPERATORS["DropEntry"], OPERATORS["SwapAdjacentValues"], OPERATORS["RoundingReplacer"]
+    assert count(drop, "x = {'a': 1}\n") == 0                      # a dict of one keeps it
+    assert count(drop, "x = {k: v for k, v in y}\n") == 0          # a comprehension has no entries
+    assert count(drop, "x = [a, b]\n") == 0                        # only lists of names (strings)
+    assert count(drop, "f(a=1, b=2)\n") == 0                       # only dict(...), not every call
+    assert count(drop, "x = {'a': 1, 'b': 2, **c}\n") == 3
+    assert count(swap, "x = {'a': 1, 'b': 1, 'c': 2}\n") == 1      # equal neighbours: no swap
+    assert count(rounding, "n = ceil\nm = x.round\nk = int(y)\n") == 0   # only a call of ceil/floor/round
+    assert mutate_code("x = {'a': 1, 'b': 2, 'c': 3}\n", drop(), 2) == "x = {'a': 1, 'b': 2}\n"
+    assert mutate_code("x = {'a': 1, 'b': 2, 'c': 3}\n", swap(), 1) == "x = {'a': 1, 'b': 3, 'c': 2}\n"
+
+
+def test_a_dropped_key_no_test_reads_survives(tmp_path):
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "row.py").write_text("def row(x):\n    return {'mean': x, 'n': 1}\n")
+    (tmp_path / "tests" / "test_row.py").write_text("from row import row\n\n\ndef test_row():\n    assert row(2)['mean'] == 2\n")
+    (tmp_path / "tests" / "mutation_map.yaml").write_text("row.py:\n  tests: [tests/test_row.py]\n")
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "mutants.py"), "row.py", "--root", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    survivors = [line for line in run.stdout.splitlines() if line.startswith("row.py:2:")]
+    # 'n' dropped, 1 → 0 and 1 → 2 survive; 'mean' dropped and the swap are killed
+    assert survivors == ["row.py:2:23  DropEntry  `return {'mean': x, 'n': 1}`",
+                         "row.py:2:28  NumberReplacer  `return {'mean': x, 'n': 1}`",
+                         "row.py:2:28  NumberReplacer  `return {'mean': x, 'n': 1}`"], run.stdout + run.stderr
