@@ -534,3 +534,106 @@ def test_rank_statistics_equal_scipy_with_ties_and_never_learned():
             h = HARDNESS_SIGN[col] * frame[col].to_numpy()
             u = mannwhitneyu(h[corrupt], h[~corrupt], method="asymptotic").statistic
             assert auc[col] == pytest.approx(u / (corrupt.sum() * (~corrupt).sum()), abs=1e-12)
+
+
+# =============================================================== small exact cases (fast)
+
+def _random_record(epochs=5, n=7, k=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(epochs, n, k, generator=g, dtype=torch.float64) * 2, torch.randint(0, k, (n,), generator=g)
+
+
+def test_small_state_round_trip_carries_every_aggregate():
+    record, y = _random_record()
+    want = _fed(record, y, el2n_epoch=2)
+    want.set_grand(torch.arange(7.0))
+    first = _fed(record, y, el2n_epoch=2, upto=3)
+    first.set_grand(torch.arange(7.0))
+    state = first.state_dict()
+    assert state["n"] == 7 and state["el2n_epoch"] == 2 and state["epochs"] == 3
+    first.update(4, record[3], y)  # runs on: the state taken must not move
+    resumed = ExampleScores(7, 2)
+    resumed.load_state_dict(state)
+    assert resumed.epochs == 3
+    for t in (3, 4):
+        resumed.update(t + 1, record[t], y)
+    pd.testing.assert_frame_equal(resumed.frame(), want.frame(), check_exact=True)
+    for n, e in ((7, 3), (6, 2)):
+        with pytest.raises(ValueError, match="does not fit"):
+            ExampleScores(n, e).load_state_dict(state)
+
+
+def test_update_checks_each_shape_on_its_own():
+    s = ExampleScores(3, el2n_epoch=1)
+    logits, y = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    for bad_logits, bad_y in ((logits[:, :, None], y), (torch.randn(4, 4), y), (logits, y[:, None])):
+        with pytest.raises(ValueError, match="expected logits"):
+            s.update(1, bad_logits, bad_y)
+    s.update(1, logits, y)
+    with pytest.raises(ValueError, match="expected 3 squared norms"):
+        s.set_grand(torch.ones(3, 1))
+
+
+def test_variability_never_nan_when_p_does_not_move():
+    # E[p²] − E[p]² of a constant p rounds below 0 for some p: clamped to 0, not sqrt(< 0) = NaN
+    y = torch.zeros(50, dtype=torch.long)
+    z = torch.stack([torch.linspace(-3, 3, 50, dtype=torch.float64), torch.zeros(50, dtype=torch.float64)], 1)
+    s = ExampleScores(50, el2n_epoch=1)
+    for t in range(3):
+        s.update(t + 1, z, y)
+    mean_p = s.sum_p / 3
+    assert ((s.sum_p2 / 3 - mean_p.square()) < 0).sum() >= 5  # the rounding this test is about
+    v = s.frame()["variability"]
+    assert not v.isna().any() and (v.abs() < 1e-7).all()
+
+
+def test_spearman_of_two_valued_scores_and_nan_difficulty():
+    t = _table(aum=[0, 0, 0, 1, 1, 1])
+    r = spearman_with(t, np.array([0, 1, 2, 3, 4, 5]))
+    # ranks (2, 2, 2, 5, 5, 5) against 1…6: Σ(r−3.5)(d−3.5) = 13.5, Σ(r−3.5)² = 13.5, Σ(d−3.5)² = 17.5
+    assert r["aum"] == pytest.approx(13.5 / math.sqrt(13.5 * 17.5), abs=1e-12)
+    assert spearman_with(t, np.array([0, 0, 0, 1, 1, 1]))["aum"] == pytest.approx(1.0)
+    assert all(math.isnan(v) for v in spearman_with(t, np.array([0, 1, 2, math.nan, 4, 5])).values())
+    with pytest.raises(ValueError, match="6 scores but 5 difficulties"):
+        spearman_with(t, np.arange(5))
+    with pytest.raises(ValueError, match="6 scores but 5 corrupt flags"):
+        auroc_corrupt(t, np.ones(5, bool))
+    a = auroc_corrupt(_table(aum=[1, 2, 3, math.nan, 0, 0]), np.array([1, 0, 0, 0, 1, 1], bool))
+    assert math.isnan(a["aum"]) and a["el2n"] == pytest.approx(6 / 9)  # arange: corrupt 0, 4, 5 beat 0 + 3 + 3 of 1, 2, 3
+
+
+def test_score_rows_are_tidy_e8_rows():
+    from cglib.scores import score_rows
+    pe = _table(aum=[3, 2, 1, 0], el2n=[0, 1, 2, 3]).assign(corrupt=[True, True, False, False],
+                                                            difficulty=[0, 1, 2, 3])
+    rows = score_rows(pe, step=40, epoch=2.5)
+    want_rho = spearman_with(pe, pe["difficulty"].to_numpy())
+    want_auc = auroc_corrupt(pe, pe["corrupt"].to_numpy())
+    assert len(rows) == 2 * len(SCORES)
+    assert all(set(r) == {"metric", "value", "experiment", "split", "step", "epoch"} for r in rows)
+    assert all((r["experiment"], r["split"], r["step"], r["epoch"]) == ("E8", "train", 40, 2.5) for r in rows)
+    assert [r["metric"] for r in rows] == ([f"spearman_difficulty_{s}" for s in SCORES]
+                                           + [f"auroc_corrupt_{s}" for s in SCORES])
+    assert rows[SCORES.index("aum")]["value"] == pytest.approx(-1.0)
+    assert rows[len(SCORES) + SCORES.index("aum")]["value"] == 0.0  # corrupt have the large margins
+    assert [r["value"] for r in rows] == pytest.approx(list(want_rho.values()) + list(want_auc.values()), nan_ok=True)
+    # no difficulty: AUROC only; all or no example corrupt: no AUROC
+    assert [r["metric"] for r in score_rows(pe.drop(columns="difficulty"), 1, 1.0)] == [
+        f"auroc_corrupt_{s}" for s in SCORES]
+    for flags in ([True] * 4, [False] * 4):
+        assert [r["metric"] for r in score_rows(pe.assign(corrupt=flags), 1, 1.0)] == [
+            f"spearman_difficulty_{s}" for s in SCORES]
+
+
+def test_grand_of_a_linear_model_by_hand():
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 1, 0, 1])
+    want = []
+    for i in range(5):  # ∇ of the cross-entropy of one example, by autograd
+        model.zero_grad()
+        F.cross_entropy(model(x[i:i + 1]), y[i:i + 1]).backward()
+        want.append(math.sqrt(sum(p.grad.double().square().sum().item() for p in model.parameters())))
+    got = grand(model, x, y)
+    assert got.dtype == torch.float64 and got.tolist() == pytest.approx(want, rel=1e-6)
+    assert grand(model, x, y, chunk_size=2).tolist() == pytest.approx(want, rel=1e-6)
