@@ -571,3 +571,156 @@ def test_label_part_coherence_is_that_of_the_label_dependent_gradients():
     assert model_coherence_stats(model, x, y)["all"].m_coherence != pytest.approx(want, rel=1e-3)
     with pytest.raises(ValueError, match="loss must be one of"):
         model_coherence_stats(model, x, y, loss="hinge")
+
+
+# =============================================================== boundaries, routing, edge cases
+
+def test_statistics_at_their_boundaries():
+    assert alpha_from_stats(2.0, 1.0, 4) == 0.5  # Σ‖g_i‖² = 1 is a value like any other
+    assert m_coherence_from_stats(2.0, 1.0, 4) == 2.0
+    assert alpha_from_stats(3.0, 3.0, 1) == 1.0  # one example: alpha = m-coherence = 1
+    assert math.isnan(m_coherence_from_stats(0.0, 0.0, 3))
+    with pytest.raises(ValueError, match="at least one example"):
+        alpha_from_stats(1.0, 1.0, 0)
+    one = torch.tensor([[3.0, -4.0]])
+    assert tuple(coherence_stats(one)) == (25.0, 25.0, 1) and m_coherence(one) == 1.0
+    assert tuple(coherence_stats(torch.ones(2, 2, 3))) == (24.0, 12.0, 2)  # trailing dims flattened
+    for bad in (torch.zeros(0, 3), torch.ones(5), torch.zeros(0, 2, 2)):
+        with pytest.raises(ValueError, match=r"expected an \(m, d\) tensor"):
+            coherence_stats(bad)
+
+
+def _spy_fallback(monkeypatch):
+    """Record the parameter names of every per-example (vmap) pass of the fallback."""
+    import cglib.coherence as coherence
+    seen = []
+
+    def spy(fn, in_dims):
+        run = vmap(fn, in_dims=in_dims)
+
+        def call(ps, *args):
+            seen.append(sorted(ps))
+            return run(ps, *args)
+        return call
+    monkeypatch.setattr(coherence, "vmap", spy)
+    return seen
+
+
+@pytest.mark.parametrize("case, fallback", [
+    ("mlp", []), ("cnn", []), ("batchnorm", []),
+    ("tokens", [["mix.bias", "mix.weight", "norm.bias", "norm.weight", "scale.gain"]] * 2)])
+def test_closed_forms_where_they_apply_and_a_vmap_pass_only_for_the_rest(case, fallback, monkeypatch):
+    """Linear, Conv2d and BatchNorm use their closed forms; LayerNorm, a custom module and a
+    module called twice go through one vmap pass per chunk, of their own parameters only."""
+    torch.manual_seed(0)
+    build, shape = CASES[case]
+    model = build()
+    x, y = torch.randn(10, *shape), torch.randint(0, 4, (10,))
+    seen = _spy_fallback(monkeypatch)
+    got = model_m_coherence(model, x, y, chunk_size=5)
+    assert seen == fallback
+    reference = brute_force(copy.deepcopy(model), x, y)
+    assert got == pytest.approx(reference, rel=1e-4)
+
+
+class Tied(nn.Module):
+    """Two Linear layers sharing one weight (each owns it: its own norm is not a sum of two
+    closed forms), and a trainable parameter the loss never reaches (a zero gradient)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+        self.out = nn.Linear(4, 3)
+        self.unused = nn.Parameter(torch.ones(2))
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+
+def test_a_shared_parameter_goes_to_the_fallback_once_and_an_unused_one_counts_zero(monkeypatch):
+    torch.manual_seed(4)
+    model = Tied()
+    x, y = torch.randn(9, 4), torch.randint(0, 3, (9,))
+    seen = _spy_fallback(monkeypatch)
+    got = model_coherence_stats(model, x, y, chunk_size=9)
+    # the shared weight once, under its first name; the root's own parameter has no closed form
+    assert seen == [["a.bias", "a.weight", "b.bias", "unused"]]
+    params = {k: p.detach() for k, p in model.named_parameters()}
+
+    def example_loss(ps, xi, yi):
+        return F.cross_entropy(functional_call(model, ps, (xi[None],)), yi[None], reduction="sum")
+
+    per = {k: v.flatten(1) for k, v in vmap(grad(example_loss), in_dims=(None, 0, 0))(params, x, y).items()}
+    assert torch.equal(per["unused"], torch.zeros(9, 2))
+    want = {"all": torch.cat(list(per.values()), 1), "a": torch.cat([per["a.weight"], per["a.bias"]], 1),
+            "b": torch.cat([per["a.weight"], per["b.bias"]], 1),
+            "out": torch.cat([per["out.weight"], per["out.bias"]], 1), "": per["unused"]}
+    assert list(got) == ["all", "", "a", "b", "out"]
+    for key, g in want.items():
+        s = coherence_stats(g)
+        assert got[key].m == 9
+        assert got[key].sq_norm_of_sum == pytest.approx(s.sq_norm_of_sum, rel=1e-4, abs=1e-9), key
+        assert got[key].sum_of_sq_norms == pytest.approx(s.sum_of_sq_norms, rel=1e-4, abs=1e-9), key
+    assert math.isnan(got[""].m_coherence)
+
+
+@pytest.mark.parametrize("conv", [
+    dict(kernel_size=(2, 4), dilation=(2, 1), padding="same"),               # uneven 'same' padding
+    dict(kernel_size=(3, 2), dilation=(1, 2), padding="valid", stride=(1, 2)),
+    dict(kernel_size=3, padding=(2, 1), padding_mode="circular"),
+])
+def test_conv2d_closed_form_for_each_padding(conv):
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Conv2d(2, 3, **conv), nn.Tanh(), nn.Flatten(), nn.LazyLinear(4))
+    x, y = torch.randn(7, 2, 6, 7), torch.randint(0, 4, (7,))
+    model(x)  # materialize the lazy layer
+    got = model_m_coherence(model, x, y, chunk_size=7)
+    assert got == pytest.approx(brute_force(copy.deepcopy(model), x, y), rel=1e-4)
+
+
+def _per_example_norms(model, x, y):
+    model.eval()
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+
+    def example_loss(ps, xi, yi):
+        return F.cross_entropy(functional_call(model, (ps, buffers), (xi[None],)), yi[None], reduction="sum")
+
+    per = vmap(grad(example_loss), in_dims=(None, 0, 0))(params, x, y)
+    return torch.cat([v.flatten(1) for v in per.values()], 1).double().square().sum(1)
+
+
+@pytest.mark.parametrize("case", ["tokens", "batchnorm"])
+def test_per_example_sq_norms_equal_torch_func(case):
+    from cglib.coherence import per_example_sq_norms
+    torch.manual_seed(6)
+    build, shape = CASES[case]
+    model = build()
+    x, y = torch.randn(11, *shape) + 1.0, torch.randint(0, 4, (11,))  # BatchNorm statistics stale
+    want = _per_example_norms(copy.deepcopy(model), x, y)
+    got = per_example_sq_norms(model, x, y, chunk_size=4)  # default prime_bn=False: as they are
+    assert got.dtype == torch.float64 and got.shape == (11,)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-8)
+
+
+def test_model_coherence_stats_uses_the_statistics_as_they_are_by_default():
+    torch.manual_seed(7)
+    model = bn_net()
+    x, y = torch.randn(8, 3, 9, 9) + 2.0, torch.randint(0, 4, (8,))
+    stale = model_coherence_stats(model, x, y, chunk_size=8, prime_bn=False)
+    assert model_coherence_stats(model, x, y, chunk_size=8) == stale
+    assert model_coherence_stats(model, x, y, chunk_size=8, prime_bn=True)["all"] != stale["all"]
+
+
+def test_inputs_are_checked():
+    model = nn.Linear(3, 2)
+    one = model_m_coherence(model, torch.randn(1, 3), torch.tensor([1]))
+    assert one == {"all": pytest.approx(1.0), "": pytest.approx(1.0)}  # one example: the orthogonal limit
+    for x, y in [(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long)), (torch.randn(3, 3), torch.tensor([0, 1]))]:
+        with pytest.raises(ValueError, match="need matching non-empty x and y"):
+            model_m_coherence(model, x, y)
+    named_all = nn.Sequential()
+    named_all.add_module("all", nn.Linear(3, 2))
+    with pytest.raises(ValueError, match='named "all"'):
+        model_coherence_stats(named_all, torch.randn(4, 3), torch.zeros(4, dtype=torch.long))
