@@ -724,3 +724,12 @@ def test_inputs_are_checked():
     named_all.add_module("all", nn.Linear(3, 2))
     with pytest.raises(ValueError, match='named "all"'):
         model_coherence_stats(named_all, torch.randn(4, 3), torch.zeros(4, dtype=torch.long))
+
+
+def test_an_unknown_loss_is_refused_with_the_known_ones_named():
+    from cglib.coherence import LOSSES, _loss_sum
+    assert LOSSES == ("cross_entropy", "label_part")
+    z, y = torch.zeros(2, 3), torch.tensor([0, 2])
+    assert _loss_sum("label_part", z, y).item() == 0.0
+    with pytest.raises(ValueError, match=r"^loss must be one of \('cross_entropy', 'label_part'\), got 'hinge'$"):
+        _loss_sum("hinge", z, y)
