@@ -183,3 +183,24 @@ def test_state_from_another_k_nulls_or_seed_is_refused():
     for other in (LossShareTracker(pristine, k_nulls=1, seed=3), LossShareTracker(pristine, k_nulls=2, seed=4)):
         with pytest.raises(ValueError, match="different designation"):
             other.load_state_dict(state)
+
+
+def test_with_one_group_empty_f_is_fixed_even_at_a_stationary_point_and_one_example_is_a_group():
+    model = nn.Linear(2, 2)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.zero_()
+    x, y = torch.zeros(4, 2), torch.tensor([0, 1, 0, 1])  # ⟨g, g⟩ = 0 exactly (see above)
+    everyone, nobody = torch.ones(4, dtype=torch.bool), torch.zeros(4, dtype=torch.bool)
+    assert LossShareTracker(everyone).update(model, x, y) == [
+        {"null": -1, "f_pristine": 1.0, "f_corrupt": 0.0, "i_pristine": 0.0}]
+    assert LossShareTracker(nobody).update(model, x, y) == [
+        {"null": -1, "f_pristine": 0.0, "f_corrupt": 1.0, "i_corrupt": 0.0}]
+    torch.manual_seed(8)
+    model = nn.Linear(2, 2)
+    x = torch.randn(4, 2, generator=_gen(8))
+    for pristine in (torch.tensor([0, 0, 1, 0], dtype=torch.bool), torch.tensor([1, 1, 0, 1], dtype=torch.bool)):
+        gg, gp = _shares_by_hand(model, x, y, pristine)
+        row = LossShareTracker(pristine, k_nulls=1).update(model, x, y)[0]
+        assert row["f_pristine"] == pytest.approx(gp / gg, rel=1e-5)
+        assert 0.02 < abs(row["f_pristine"]) and abs(row["f_pristine"] - 1) > 0.02  # not a fixed 0 or 1
