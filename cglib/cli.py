@@ -92,7 +92,7 @@ def load_training_data(path, train_params: dict):
     say = _logger.info if _logger is not None else print
     try:
         device = pick_device(train_params["device"], log=say)
-    except (RuntimeError, gpu.CardsBusy) as err:
+    except RuntimeError as err:  # gpu.CardsBusy (no free card) is one
         fail(str(err).splitlines()[0])
     gpu.configure(train_params, device)  # TF32 and deterministic kernels, on CUDA only
     try:
