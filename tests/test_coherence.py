@@ -733,3 +733,17 @@ def test_an_unknown_loss_is_refused_with_the_known_ones_named():
     assert _loss_sum("label_part", z, y).item() == 0.0
     with pytest.raises(ValueError, match=r"^loss must be one of \('cross_entropy', 'label_part'\), got 'hinge'$"):
         _loss_sum("hinge", z, y)
+
+
+@pytest.mark.parametrize("case", ["tokens", "cnn"])
+def test_blocks_of_one_example_when_one_example_fills_a_block(case, monkeypatch):
+    """A per-example intermediate larger than a block (here: a block of one element) still gets
+    blocks of one example, not of none."""
+    import cglib.coherence as coherence
+    monkeypatch.setattr(coherence, "_BLOCK_ELEMENTS", 1)
+    torch.manual_seed(8)
+    build, shape = CASES[case]
+    model = build()
+    x, y = torch.randn(5, *shape), torch.randint(0, 4, (5,))
+    assert model_m_coherence(model, x, y, chunk_size=5) == pytest.approx(brute_force(copy.deepcopy(model), x, y),
+                                                                          rel=1e-4)
