@@ -129,8 +129,10 @@ def test_raw_files_are_looked_for_plain_first_then_gz_and_the_first_folder_first
 def test_other_datasets(tmp_path):
     with pytest.raises(data.DataError, match=r"^unknown dataset 'svhn'$"):
         data.load_raw("svhn")
-    with pytest.raises(data.DataError, match=r"cifar-10-batches-py: .*; to get it: unpack cifar-10"):
+    with pytest.raises(data.DataError) as err:
         data.load_raw("cifar10", str(tmp_path))
+    assert str(err.value).startswith(f"{tmp_path}/cifar-10-batches-py: ")
+    assert str(err.value).endswith(f"; to get it: {data.HOW_TO_GET['cifar10']}")
     s = data.load_raw("synthetic", synthetic={"dim": 3, "classes": 2, "n_train_total": 5, "n_test_total": 4}, seed=7)
     ref = data.make_synthetic(seed=7, dim=3, classes=2, n_train_total=5, n_test_total=4)
     assert all(np.array_equal(s[k], ref[k]) for k in ("x_train", "y_train", "x_test", "y_test"))
@@ -208,3 +210,29 @@ def test_prepared_file_round_trip_and_damage(tmp_path):
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(data.DataError, match=r"d\.pt: prepared data damaged \(.+\); delete it and rerun the prepare stage$"):
         data.read_prepared(path)
+
+
+def test_cifar10_arrays_are_channels_first(tmp_path, monkeypatch):
+    """torchvision's CIFAR10 class stood in for (the real files are not here): its (N, H, W, C)
+    uint8 data and list targets become (N, C, H, W) and int64, train and test from their sets."""
+    import torchvision
+    seen = []
+
+    class FakeCIFAR10:
+        def __init__(self, root, train, download):
+            seen.append((root, train, download))
+            n = 3 if train else 2
+            self.data = np.arange(n * 4 * 5 * 3, dtype=np.uint8).reshape(n, 4, 5, 3) + (0 if train else 100)
+            self.targets = list(range(n))
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    raw = data.load_raw("cifar10", str(tmp_path))
+    assert seen == [(str(tmp_path), True, False), (str(tmp_path), False, False)]
+    assert raw["num_classes"] == 10 and set(raw) == {"x_train", "y_train", "x_test", "y_test", "num_classes"}
+    for split, n, off in (("train", 3, 0), ("test", 2, 100)):
+        want = (np.arange(n * 60, dtype=np.uint8).reshape(n, 4, 5, 3) + off).transpose(0, 3, 1, 2)
+        assert raw[f"x_{split}"].shape == (n, 3, 4, 5) and np.array_equal(raw[f"x_{split}"], want)
+        assert raw[f"x_{split}"].flags["C_CONTIGUOUS"]
+        assert raw[f"y_{split}"].dtype == np.int64 and raw[f"y_{split}"].tolist() == list(range(n))
+    data.load_raw("cifar10")
+    assert seen[-1] == ("data/raw/cifar10", False, False)
