@@ -300,3 +300,39 @@ def test_make_probes_which_probes(over, optimizer, has_corrupt, noise, want):
     probes = make_probes(_params(**over), optimizer, _data(), torch.zeros(10, dtype=torch.long), corrupt,
                          noise=noise)
     assert list(probes) == want
+
+
+def test_probe_state_round_trips_through_a_checkpoint():
+    torch.manual_seed(3)
+    model = nn.Linear(3, 4)
+    g = _gen(9)
+    x, y = torch.randn(8, 3, generator=g), torch.randint(0, 4, (8,), generator=g)
+    probe = ScoreProbe(x, y, batch_size=4, el2n_epoch=1, num_classes=4)
+    probe.rows(0, model, scheduled=True)
+    with torch.no_grad(), probe.capture(model, torch.tensor([0, 1, 2, 3])):
+        model(x[:4] * 3)
+    probe.rows(2, model, scheduled=True)  # epoch 1 recorded (with the tail 4..7)
+    with torch.no_grad(), probe.capture(model, torch.tensor([5, 6, 7, 4])):
+        model(x[[5, 6, 7, 4]] - 1)
+    state = probe.state_dict()
+    assert set(state) == {"scores", "outputs", "presented"}
+    assert torch.equal(state["outputs"], probe.outputs) and state["outputs"] is not probe.outputs
+    assert state["presented"].tolist() == [False] * 4 + [True] * 4
+    fresh = ScoreProbe(x, y, batch_size=4, el2n_epoch=1, num_classes=4)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.outputs, probe.outputs) and torch.equal(fresh.presented, probe.presented)
+    for k, v in probe.scores.state_dict().items():
+        got = fresh.scores.state_dict()[k]
+        assert torch.equal(got, v) if isinstance(v, torch.Tensor) else got == v, k
+    probe.outputs.zero_()
+    assert not torch.equal(state["outputs"], probe.outputs)  # the state was a copy
+
+    corrupt = torch.arange(8) % 4 == 0
+    shares = ShareProbe(_share_cfg(nulls=1), x, y, corrupt)
+    shares.rows(0, model, scheduled=False)
+    resumed = ShareProbe(_share_cfg(nulls=1), x, y, corrupt)
+    resumed.load_state_dict(shares.state_dict())
+    assert resumed.rows(1, model, scheduled=False) == shares.rows(1, model, scheduled=False)
+    coh = CoherenceProbe({"seed": 0, "train_sample": 0, "test_sample": 0, "chunk_size": 4, "label_part": False},
+                         x, y, x, y)
+    assert coh.state_dict() == {} and coh.load_state_dict({}) is None
