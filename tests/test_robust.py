@@ -503,3 +503,231 @@ def test_transform_argument_errors():
         make_gradient_transform("winsorized", clip=5).backward(model, x, y)
     with pytest.raises(ValueError, match="cannot load"):
         make_gradient_transform("ra3").load_state_dict(make_gradient_transform("rm3").state_dict())
+
+
+# ------------------------------------------------------------------ small exact cases -------
+def test_winsorized_mean_of_a_hand_made_batch():
+    """Five values per coordinate, worked out by hand: c=1 clips the smallest to the 2nd
+    smallest and the largest to the 2nd largest; the pair (0, 2) clips only from above."""
+    g = torch.tensor([[10.0, 1.0], [-7.0, 2.0], [1.0, 3.0], [2.0, 4.0], [3.0, 100.0]])
+    # column 0 sorted: -7 1 2 3 10 -> c=1: 1 1 2 3 3 = 10/5; (0, 2): -7 1 2 2 2 = 0/5
+    # column 1 sorted: 1 2 3 4 100 -> c=1: 2 2 3 4 4 = 15/5; (0, 2): 1 2 3 3 3 = 12/5
+    assert torch.equal(winsorized_mean(g, 1), torch.tensor([2.0, 3.0]))
+    assert torch.equal(winsorized_mean(g, (0, 2)), torch.tensor([0.0, 2.4]))
+    # [2, 0]: the two smallest up to the 3rd smallest: 10 2 2 2 3 = 19/5; 3 3 3 4 100 = 113/5
+    assert torch.equal(winsorized_mean(g, [2, 0]), torch.tensor([3.8, 22.6]))
+    # (1, 0): -7 -> 1 and 1 -> 2: 10 1 1 2 3 = 17/5, 2 2 3 4 100 = 111/5; (0, 1): 10 -> 3, 100 -> 4
+    assert torch.equal(winsorized_mean(g, (1, 0)), torch.tensor([3.4, 22.2]))
+    assert torch.equal(winsorized_mean(g, (0, 1)), torch.tensor([0.4, 2.8]))
+    d, a = g[:, :1].clone(), torch.ones(5, 1)  # the same rows in outer form
+    assert torch.equal(winsorized_outer_mean(d, a, (0, 2)), torch.tensor([[0.0]]))
+    assert torch.equal(winsorized_outer_mean(d, a, (1, 0)), torch.tensor([[3.4]]))
+    assert torch.equal(winsorized_outer_mean(d, a, (0, 1)), torch.tensor([[0.4]]))
+
+
+def test_winsorized_outer_mean_c0_is_the_plain_mean():
+    delta, act = ints(7, 3, seed=11), ints(7, 4, seed=12)
+    full = delta[:, :, None] * act[:, None, :]
+    assert torch.equal(winsorized_outer_mean(delta, act, 0), full.mean(0))  # integer sums: exact
+    assert torch.equal(winsorized_outer_mean(delta, act, (0, 0)), full.mean(0))
+
+
+def test_clip_levels_are_checked_at_their_bounds():
+    g = ints(6, 3, seed=5)
+    assert winsorized_mean(g, 2).shape == (3,) and winsorized_mean(g, (0, 5)).shape == (3,)
+    for bad in (3, (0, 6), (3, 3), (1, 2, 0), (1,), (True, 0), (0, -1), (1.0, 1)):
+        with pytest.raises(ValueError, match="winsorization level"):
+            winsorized_mean(g, bad)
+    with pytest.raises(ValueError, match="batch size B=0$"):
+        winsorized_mean(torch.tensor(1.0), 0)  # a scalar has no batch
+    assert robust.clip_counts(2, 5) == (2, 2)
+    with pytest.raises(ValueError, match="winsorization level"):
+        robust.clip_counts(3, 6)  # 3 + 3 >= 6
+    with pytest.raises(ValueError, match="reading"):
+        robust.clip_counts(1, 6, "quantile")
+
+
+def test_percentile_level_and_batch_are_checked_at_their_bounds():
+    assert robust.percentile_counts(0, 1) == (0, 0) and robust.percentile_counts(50, 3) == (1, 1)
+    for c in (-1, 51, 2.0, True):
+        with pytest.raises(ValueError, match="0 <= c <= 50"):
+            robust.percentile_counts(c, 100)
+    with pytest.raises(ValueError, match="needs a batch"):
+        robust.percentile_counts(2, 0)
+
+
+# ------------------------------------------------------------------ compile switch ----------
+def test_compile_switch_values_and_devices():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")  # a device object needs no card
+    robust.set_compile(True)
+    assert robust._compile_mode == "1" and robust._want_compile(cpu) and robust._want_compile(cuda)
+    robust.set_compile(False)
+    assert robust._compile_mode == "0" and not robust._want_compile(cpu)
+    robust.set_compile("auto")
+    assert robust._want_compile(cpu) and not robust._want_compile(cuda)
+    robust.set_compile("AUTO")
+    assert robust._want_compile(cpu)
+    robust.set_compile("yes")
+    with pytest.raises(ValueError, match="CGLIB_COMPILE"):
+        robust._want_compile(cpu)
+
+
+@pytest.fixture
+def fake_compile(monkeypatch):
+    """torch.compile replaced by a recorder: the compile logic without compiling anything."""
+    made = []
+
+    def compile(fn, dynamic=None):
+        made.append(fn)
+        assert dynamic is True  # one graph for every size (batch, layer widths)
+
+        def run(*args):
+            run.calls += 1
+            return fn(*args)
+        run.calls = 0
+        return run
+    monkeypatch.setattr(torch, "compile", compile)
+    monkeypatch.setattr(robust, "_compiled", {})
+    return made
+
+
+def test_run_compiles_each_function_once_and_only_when_asked(fake_compile):
+    def double(x):
+        return 2 * x
+    robust.set_compile("1")
+    assert robust._run(double, False, 3) == 6 and fake_compile == []
+    assert robust._run(double, True, 3) == 6 and robust._run(double, True, 4) == 8
+    assert fake_compile == [double] and robust._compiled[double].calls == 2
+    assert not robust._compile_failed
+
+
+def test_a_failing_compile_warns_once_and_falls_back_to_eager(monkeypatch):
+    tries = []
+
+    def broken(fn, dynamic=None):
+        tries.append(fn)
+        raise RuntimeError("no compiler")
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(robust, "_compiled", {})
+    robust.set_compile("1")
+    with pytest.warns(RuntimeWarning, match="no compiler") as caught:
+        assert robust._run(abs, True, -3) == 3
+    assert [w.filename for w in caught] == [__file__]  # reported at _run's caller
+    assert robust._compile_failed and not robust._want_compile(torch.device("cpu"))
+    assert robust._run(abs, True, -4) == 4 and len(tries) == 1  # not tried again
+    robust.set_compile("1")  # resets the failure
+    assert not robust._compile_failed
+
+
+def test_medians_compile_only_when_the_switch_says_so(fake_compile):
+    a, b, c = ([torch.tensor([float(v)])] for v in (1, 3, 2))
+    robust.set_compile("0")
+    assert torch.equal(robust._medians_(a, [b[0].clone()], c)[0], torch.tensor([2.0]))
+    assert fake_compile == []
+    robust.set_compile("1")
+    assert robust._compile_medians(b)  # a one-tensor model
+    assert torch.equal(robust._medians_(a, [b[0].clone()], c)[0], torch.tensor([2.0]))
+    assert fake_compile == [robust._medians_into]
+
+
+def test_eager_medians_use_the_given_scratch():
+    a, b, c = [torch.tensor([1.0, 5.0])], [torch.tensor([3.0, 2.0])], [torch.tensor([2.0, 9.0])]
+    scratch = [torch.zeros(2)]
+    out = robust._medians_(a, b, c, scratch)
+    assert out is b and torch.equal(b[0], torch.tensor([2.0, 5.0]))
+    assert torch.equal(scratch[0], torch.tensor([3.0, 5.0]))  # max(a, b) went there, not to a new tensor
+
+
+# ------------------------------------------------------------------ transform edge cases ----
+def test_winsorized_without_clipping_is_plain_backward_even_with_batchnorm_in_train_mode():
+    """c = 0, and the percentile reading at B = 20, c = 2 (no value clipped), take the plain
+    gradient: no per-example gradients, so BatchNorm may use batch statistics."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4)).train()
+    [(x, y)] = batches(1, B=20)
+    want = mean_grads(model, x, y)
+    for clip, reading in [(0, "order_statistic"), (2, "percentile")]:
+        loss = make_gradient_transform("winsorized", clip, reading=reading).backward(model, x, y)
+        torch.testing.assert_close(loss, F.cross_entropy(model(x), y), **TIGHT)
+        for p, g in zip(model.parameters(), want):
+            torch.testing.assert_close(p.grad, g, **TIGHT)
+
+
+def test_m3_needs_a_batch_divisible_by_3():
+    model = mlp()
+    for B in (8, 10):  # 8: divisible by 2 and 4, not by 3
+        x, y = batches(1, B=B)[0]
+        with pytest.raises(ValueError, match="divisible by 3"):
+            make_gradient_transform("m3").backward(model, x, y)
+    x, y = batches(1, B=9)[0]  # 9: divisible by 3 only
+    loss = make_gradient_transform("m3").backward(model, x, y)
+    groups = [mean_grads(model, xs, ys) for xs, ys in zip(x.chunk(3), y.chunk(3))]
+    torch.testing.assert_close(loss, torch.stack([F.cross_entropy(model(xs), ys) for xs, ys in
+                                                  zip(x.chunk(3), y.chunk(3))]).mean(), **TIGHT)
+    for p, gs in zip(model.parameters(), zip(*groups)):
+        torch.testing.assert_close(p.grad, torch.stack(gs).median(0).values, **TIGHT)
+
+
+def test_winsorized_clip_must_be_a_non_negative_integer():
+    for bad in (True, 1.0, -1, "2"):
+        with pytest.raises(ValueError, match="integer clip"):
+            make_gradient_transform("winsorized", bad)
+    assert make_gradient_transform("winsorized", 0).state_dict() == {
+        "name": "winsorized", "clip": 0, "reading": "order_statistic"}
+    with pytest.raises(ValueError, match="reading"):
+        make_gradient_transform("winsorized", 1, reading="quantile")
+    with pytest.raises(ValueError, match="warm-up"):
+        make_gradient_transform("ra3", warmup="none")
+
+
+def test_rm3_keeps_one_scratch_buffer_per_parameter_across_steps():
+    """Eagerly the max(h1, h2) of every step goes into the same persistent buffers."""
+    model, t = mlp(), make_gradient_transform("rm3", warmup="partial")
+    seen = []
+    for x, y in batches(4):
+        t.backward(model, x, y)
+        seen.append(dict(t._scratch))
+    assert seen[0] == {} and seen[1] == {}  # steps 0 and 1 take no median
+    names = [n for n, _ in model.named_parameters()]
+    assert list(seen[2]) == names and all(seen[3][n] is seen[2][n] for n in names)
+
+
+def test_rolling_state_is_checked_against_the_model():
+    model = mlp()
+    t = make_gradient_transform("ra3")
+    for x, y in batches(2):
+        t.backward(model, x, y)
+    state = t.state_dict()
+    assert state["steps"] == 2 and len(state["history"]) == 2
+    too_long = {**state, "history": state["history"] + state["history"][:1]}
+    with pytest.raises(ValueError, match="more than two"):
+        make_gradient_transform("ra3").load_state_dict(too_long)
+    x, y = batches(1, seed=1)[0]
+    h0 = state["history"][0]
+    wrong = {**h0, "0.weight": torch.zeros(3)}
+    missing = {n: g for n, g in h0.items() if n != "0.weight"}
+    for h in (wrong, missing):
+        t2 = make_gradient_transform("ra3")
+        t2.load_state_dict({**state, "history": [h, state["history"][1]]})
+        with pytest.raises(ValueError, match="does not match the model at parameter '0.weight'"):
+            t2.backward(model, x, y)
+
+
+def test_winsorized_means_without_clipping_are_torch_mean_and_matmul():
+    """c = 0 takes no streaming pass: exactly g.mean(0) and delta^T act / B (the streamed sum
+    in float64 rounds differently)."""
+    gen = torch.Generator().manual_seed(8)
+    g, d, a = (torch.randn(13, n, generator=gen) for n in (200, 20, 10))
+    for c in (0, (0, 0)):
+        dense, outer = robust.winsorized_means([("dense", (g,)), ("outer", (d, a))], c)
+        assert torch.equal(dense, g.mean(0)) and torch.equal(outer, d.t() @ a / 13)
+
+
+def test_a_fresh_import_has_not_given_up_compiling():
+    """The module's state at import (loaded afresh from its file, apart from the one in use)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("robust_fresh", robust.__file__)
+    fresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fresh)
+    assert fresh._compile_failed is False and fresh._compiled == {}
+    assert fresh._compile_mode == os.environ.get("CGLIB_COMPILE", "auto")
