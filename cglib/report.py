@@ -14,6 +14,7 @@ import platform
 import re
 import subprocess
 from pathlib import Path
+from subprocess import SubprocessError
 from types import SimpleNamespace
 
 import jinja2
@@ -87,7 +88,7 @@ def provenance(runs_info: dict, cwd: str | Path = ".") -> dict:
         try:
             r = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
             return r.stdout.strip() if r.returncode == 0 else None
-        except (OSError, subprocess.SubprocessError):
+        except (OSError, SubprocessError):  # plain names: Cosmic Ray's ExceptionReplacer fails on a dotted one
             return None
 
     commit = git("rev-parse", "HEAD") or "unknown (not a git checkout)"
