@@ -448,3 +448,9 @@ def test_stage_writes_its_outputs_and_logs_what_it_did(tmp_path, monkeypatch):
         res / "difficulty_seeds.csv", index=False)
     stage.main(args)
     assert seen["t"].seeds.to_dict("records") == [dict(seed=0, step=40, epoch=1.5, accuracy=0.5, easy=3, hard=2)]
+    # the page's size in MB at two decimals: 5000 and 15000 characters sit on rounding boundaries
+    for chars, mb in ((5000, "0.01"), (15000, "0.01")):
+        monkeypatch.setattr(report, "render", lambda *a, n=chars, **k: "x" * n)
+        stage.main(args)
+        assert (out / "report.html").read_text() == "x" * chars
+        assert f"/report.html: {mb} MB, 2 of 9 figures" in (tmp_path / "report.log").read_text()
