@@ -311,6 +311,7 @@ def test_cg_shares_early_compares_the_real_ratio_at_the_last_step_before_10_with
         rows += e2_run(f"z{s}", 0.0, s, {-1: [(1, 1)] * 3, 0: [(1, 2)] * 3}, steps)  # ε = 0: left out
         rows += e2_run(f"o{s}", 1.0, s, {-1: [(1, 1)] * 3, 0: [(1, 2)] * 3}, steps)  # ε = 1: left out
         rows += e2_run(f"n{s}", .25, s, {-1: [(1, 1)] * 3}, steps)  # no null world: left out
+        rows += e2_run(f"q{s}", .75, s, {0: [(1, 1)] * 3, 1: [(1, 2)] * 3}, steps)  # no real designation: left out
         rows += e2_run(f"r{s}", .75, s, {-1: [(1, 1)] * 3, 0: [(1, 2)] * 3}, steps, optimizer="rm3")  # not SGD
         rows += e2_run(f"e{s}", .75, s, {-1: [(1, 1)] * 3, 0: [(1, 2)] * 3}, steps, subset="e-train")
     t, = cg.shares_early(ctx_of(rows))
@@ -709,6 +710,7 @@ def test_mc_real_vs_random_and_real_peak_first():
         rows += e7_rows(MAIN, 1.0, s, [1.5, 2, 3, 6, 2], final=.8 + .1 * (s == 2))  # peak excess 5 at step 200
         rows += e7_rows(MAIN, .5, s, [1, 1000, 1, 1, 1])
     rows += e7_rows(MAIN, 0.0, 7, [1, 1000, 1, 1, 1])  # no random-label run of seed 7
+    rows += e7_rows(MAIN, 1.0, 9, [1, 1000, 1, 1, 1]) + e7_rows(MAIN, .5, 9, [1, 2, 1, 1, 1])  # no real-label run
     ctx = ctx_of(rows)
     t, = mc.real_vs_random(ctx)
     assert t["group"] == f"{MAIN}: peak (m-coherence − 1), ε=0 / ε=1"
@@ -816,12 +818,15 @@ def test_mc_test_vs_train_geometric_mean_of_the_ratio_in_each_half_after_epoch_1
         MAIN, 0.0, 6, [2, 2, 2], split="test", steps=(0, 100, 101), final=None)  # one step after epoch 1
     rows += e7_rows(MAIN, 0.0, 8, [11] * 4, steps=(0, 100, 150, 250)) + e7_rows(
         MAIN, 0.0, 8, [1000, 1000, 2, 41], split="test", steps=(0, 100, 150, 250), final=None)  # two: one a half
+    rows += e7_rows(MAIN, 0.0, 10, [11] * 5, steps=(0, 100, 150, 200, 250)) + e7_rows(
+        MAIN, 0.0, 10, [1000, 1000, 2, 11, 161], split="test", steps=(0, 100, 150, 200, 250),
+        final=None)  # mid 200: step 200 is in the early half
     early, late = mc.test_vs_train(ctx_of(rows))
     assert early["group"] == f"{MAIN}: ε=0 test / train (m-coherence − 1), early half after epoch 1"
     assert late["group"] == f"{MAIN}: ε=0 test / train (m-coherence − 1), later half"
-    assert early["seeds"] == [0, 1, 2, 8]
-    assert early["values"] == pytest.approx([math.sqrt(.1 * .4)] * 3 + [.1])
-    assert late["values"] == pytest.approx([math.sqrt(4 * (16 + .1 * s)) for s in range(3)] + [4])
+    assert early["seeds"] == [0, 1, 2, 8, 10]
+    assert early["values"] == pytest.approx([math.sqrt(.1 * .4)] * 3 + [.1, math.sqrt(.1 * 1)])
+    assert late["values"] == pytest.approx([math.sqrt(4 * (16 + .1 * s)) for s in range(3)] + [4, 16])
     assert (early["side"], early["threshold"], early["log"]) == ("<", .5, True)
     assert (late["side"], late["threshold"], late["log"]) == (">", 2, True)
     assert mc.test_vs_train(ctx_of([r for r in rows if r["split"] != "test"])) == []
