@@ -60,6 +60,7 @@ def test_mlp_uses_factored_linear_path_and_leaves_grads_alone():
     x, y = batch(20)
     losses, grads = per_example_grads_factored(model, x, y)
     assert all(isinstance(grads[f"{i}.weight"], Outer) for i in (0, 2, 4))
+    assert not any(m._forward_hooks for m in model.modules())  # the taps are removed
     torch.testing.assert_close(losses, F.cross_entropy(model(x), y, reduction="none"))
     assert all(p.grad is None for p in model.parameters())
     # Convention: gradients of loss_i (not loss_i / B), so their mean is the batch gradient.
@@ -127,6 +128,9 @@ def test_tied_linear_weights_fall_back_to_vmap():
     torch.manual_seed(0)
     model = Tied()
     x, y = batch(5, B=6, classes=3)
+    _, grads = per_example_grads_factored(model, x, y)
+    # the tied pair falls back, the untied Linear after it still takes the fast path
+    assert not isinstance(grads["a.weight"], Outer) and isinstance(grads["out.weight"], Outer)
     assert_matches_reference(model, x, y)
 
 
@@ -137,3 +141,106 @@ def test_frozen_parameters_are_skipped():
     x, y = batch(20)
     fast = assert_matches_reference(model, x, y)
     assert set(fast) == {"0.bias", "2.weight", "2.bias"}
+
+
+def test_a_bare_linear_as_the_model():
+    """The root module itself a Linear: its parameters are named "weight" and "bias"."""
+    torch.manual_seed(0)
+    model = nn.Linear(7, 4)
+    x, y = batch(7, classes=4)
+    _, grads = per_example_grads_factored(model, x, y)
+    assert list(grads) == ["weight", "bias"] and isinstance(grads["weight"], Outer)
+    assert_matches_reference(model, x, y)
+
+
+class Twice(nn.Module):
+    """One Linear applied twice to (B, d) inputs: a sum of two outer products per example."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(5, 5)
+        self.out = nn.Linear(5, 3)
+
+    def forward(self, x):
+        return self.out(torch.tanh(self.lin(torch.tanh(self.lin(x)))))
+
+
+def test_linear_called_twice_on_flat_inputs():
+    torch.manual_seed(0)
+    model = Twice()
+    x, y = batch(5, B=6, classes=3)
+    _, grads = per_example_grads_factored(model, x, y)
+    assert not isinstance(grads["lin.weight"], Outer) and isinstance(grads["out.weight"], Outer)
+    assert_matches_reference(model, x, y)
+
+
+def test_linear_called_once_on_sequences():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 3), nn.Flatten(), nn.Linear(12, 3))
+    x, y = batch((4, 6), B=7, classes=3)
+    _, grads = per_example_grads_factored(model, x, y)
+    assert not isinstance(grads["0.weight"], Outer) and isinstance(grads["2.weight"], Outer)
+    assert_matches_reference(model, x, y)
+
+
+class DropScale(nn.Module):
+    """Dropout between a fast-path Linear and a root parameter (vmap path)."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(8, 16)
+        self.drop = nn.Dropout(0.5)
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 16))
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.head(self.drop(torch.relu(self.a(x))) * self.scale)
+
+
+def test_losses_come_from_the_forward_pass_of_the_linear_gradients():
+    """With dropout, the vmap part draws its own masks: the losses returned are those of the
+    fast path's forward, the one its Linear gradients belong to. The head's bias gradient of
+    example i is softmax(z_i) - onehot(y_i), so loss_i = -log(1 + bias_grad[i, y_i])."""
+    torch.manual_seed(0)
+    model = DropScale().train()
+    x, y = batch(8, B=16, classes=4)
+    losses, grads = per_example_grads_factored(model, x, y)
+    assert not isinstance(grads["scale"], Outer) and grads["scale"].shape == (16, 16)
+    p_true = 1 + grads["head.bias"][torch.arange(16), y]
+    torch.testing.assert_close(losses, -torch.log(p_true), **TOL)
+
+
+def test_nothing_trainable_still_reports_the_losses():
+    model = mlp().requires_grad_(False)
+    x, y = batch(20)
+    losses, grads = per_example_grads_factored(model, x, y)
+    assert grads == {}
+    torch.testing.assert_close(losses, F.cross_entropy(model(x), y, reduction="none"))
+
+
+def test_batchnorm_without_running_stats_is_rejected_even_in_eval_mode():
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4, track_running_stats=False),
+                          nn.Linear(4, 2)).eval()
+    x, y = batch(4, B=5, classes=2)
+    with pytest.raises(ValueError, match="BatchNorm '1'"):
+        per_example_grads(model, x, y)
+
+
+class Unused(nn.Module):
+    """A Linear the forward never calls: its per-example gradients are zero."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Linear(3, 2)
+        self.scale = nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+
+    def forward(self, x):
+        return x * self.scale
+
+
+def test_a_linear_the_forward_never_calls_gets_zero_gradients():
+    model = Unused()
+    x, y = batch(3, B=4, classes=3)
+    fast = assert_matches_reference(model, x, y)
+    assert not fast["unused.weight"].any() and not fast["unused.bias"].any()
+    assert fast["scale"].any()

@@ -543,7 +543,7 @@ def test_clip_levels_are_checked_at_their_bounds():
     assert robust.clip_counts(2, 5) == (2, 2)
     with pytest.raises(ValueError, match="winsorization level"):
         robust.clip_counts(3, 6)  # 3 + 3 >= 6
-    with pytest.raises(ValueError, match="reading"):
+    with pytest.raises(ValueError, match=r"one of \('order_statistic', 'percentile'\), got 'quantile'"):
         robust.clip_counts(1, 6, "quantile")
 
 
@@ -731,3 +731,51 @@ def test_a_fresh_import_has_not_given_up_compiling():
     spec.loader.exec_module(fresh)
     assert fresh._compile_failed is False and fresh._compiled == {}
     assert fresh._compile_mode == os.environ.get("CGLIB_COMPILE", "auto")
+
+
+def test_transform_state_dicts_hold_what_was_built():
+    assert make_gradient_transform("sgd").state_dict() == {"name": "sgd", "clip": 0}
+    assert make_gradient_transform("m3").state_dict() == {"name": "m3", "clip": 0}
+    assert make_gradient_transform("rm3").state_dict() == {
+        "name": "rm3", "clip": 0, "steps": 0, "warmup": "reference", "history": []}
+    assert make_gradient_transform("ra3", warmup="partial").state_dict() == {
+        "name": "ra3", "clip": 0, "steps": 0, "warmup": "partial", "history": []}
+
+
+class WithUnused(nn.Module):
+    """An MLP with a parameter the forward never uses."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = mlp()
+        self.spare = nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+@pytest.mark.parametrize("name", ["sgd", "m3"])
+def test_backward_sets_fresh_gradients_and_handles_unused_parameters(name):
+    model = WithUnused()
+    [(x, y)] = batches(1)
+    t = make_gradient_transform(name)
+    t.backward(model, x, y)
+    first = [p.grad.clone() for p in model.net.parameters()]
+    t.backward(model, x, y)  # p.grad is set again, never accumulated
+    for p, g in zip(model.net.parameters(), first):
+        assert torch.equal(p.grad, g)
+    if name == "m3":  # the median of three zero group gradients
+        assert torch.equal(model.spare.grad, torch.zeros(3))
+    else:  # loss.backward() leaves it None, so optimizers skip it
+        assert model.spare.grad is None
+        for p, g in zip(model.net.parameters(), mean_grads(model.net, x, y)):
+            torch.testing.assert_close(p.grad, g, **TIGHT)
+
+
+def test_rolling_scratch_follows_the_shape_dtype_and_device_of_the_gradient():
+    t = make_gradient_transform("rm3")
+    s = t._scratch_for("w", torch.zeros(2))
+    assert t._scratch_for("w", torch.ones(2)) is s
+    for like in (torch.zeros(3), torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64, device="meta")):
+        s = t._scratch_for("w", like)
+        assert (s.shape, s.dtype, s.device) == (like.shape, like.dtype, like.device)
