@@ -665,15 +665,16 @@ def test_a_shared_parameter_goes_to_the_fallback_once_and_an_unused_one_counts_z
     assert math.isnan(got[""].m_coherence)
 
 
-@pytest.mark.parametrize("conv", [
-    dict(kernel_size=(2, 4), dilation=(2, 1), padding="same"),               # uneven 'same' padding
-    dict(kernel_size=(3, 2), dilation=(1, 2), padding="valid", stride=(1, 2)),
-    dict(kernel_size=3, padding=(2, 1), padding_mode="circular"),
+@pytest.mark.parametrize("conv, size", [
+    (dict(kernel_size=(2, 4), dilation=(2, 1), padding="same"), (6, 7)),     # uneven 'same' padding
+    (dict(kernel_size=(3, 2), dilation=(1, 2), padding="valid", stride=(1, 2)), (6, 7)),
+    (dict(kernel_size=3, padding=(2, 1), padding_mode="circular"), (6, 7)),
+    (dict(kernel_size=3, padding="same", padding_mode="reflect"), (2, 2)),  # reflect allows 1, not 2
 ])
-def test_conv2d_closed_form_for_each_padding(conv):
+def test_conv2d_closed_form_for_each_padding(conv, size):
     torch.manual_seed(5)
     model = nn.Sequential(nn.Conv2d(2, 3, **conv), nn.Tanh(), nn.Flatten(), nn.LazyLinear(4))
-    x, y = torch.randn(7, 2, 6, 7), torch.randint(0, 4, (7,))
+    x, y = torch.randn(7, 2, *size), torch.randint(0, 4, (7,))
     model(x)  # materialize the lazy layer
     got = model_m_coherence(model, x, y, chunk_size=7)
     assert got == pytest.approx(brute_force(copy.deepcopy(model), x, y), rel=1e-4)
@@ -747,3 +748,33 @@ def test_blocks_of_one_example_when_one_example_fills_a_block(case, monkeypatch)
     x, y = torch.randn(5, *shape), torch.randint(0, 4, (5,))
     assert model_m_coherence(model, x, y, chunk_size=5) == pytest.approx(brute_force(copy.deepcopy(model), x, y),
                                                                           rel=1e-4)
+
+
+class NotPerExample(nn.Module):
+    """Linear layers whose input has no batch in dim 0 — a 1-D buffer as long as the chunk, a
+    (2, 5) buffer — and one called under no_grad: no closed form applies to them, the fallback's
+    exact per-example gradients do (zero for the no_grad one)."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(4, 3)
+        self.vec, self.mat, self.frozen = nn.Linear(5, 3), nn.Linear(5, 3), nn.Linear(4, 3)
+        self.register_buffer("z", torch.randn(5))
+        self.register_buffer("zz", torch.randn(2, 5))
+
+    def forward(self, x):
+        with torch.no_grad():
+            t = self.frozen(x)
+        return self.head(x) * (1 + t.tanh()) + self.vec(self.z) + self.mat(self.zz).mean(0)
+
+
+def test_layers_without_a_batch_dimension_or_a_gradient_path_take_the_fallback(monkeypatch):
+    torch.manual_seed(9)
+    model = NotPerExample()
+    x, y = torch.randn(10, 4), torch.randint(0, 3, (10,))
+    seen = _spy_fallback(monkeypatch)
+    got = model_m_coherence(model, x, y, chunk_size=5)  # the chunk is as long as the 1-D buffer
+    assert seen[-1] == ["frozen.bias", "frozen.weight", "mat.bias", "mat.weight", "vec.bias", "vec.weight"]
+    want = brute_force(copy.deepcopy(model), x, y)
+    assert math.isnan(want["frozen"]) and math.isnan(got["frozen"])
+    assert got == pytest.approx(want, rel=1e-4, nan_ok=True)
