@@ -434,3 +434,19 @@ def test_difficulty_plot_table_and_summary_digests():
 def test_last_step_is_per_run():
     df = pd.DataFrame({"run": ["a", "a", "b", "b"], "step": [1, 3, 2, 0], "value": [1, 2, 3, 4]})
     assert tables.last_step(df)["value"].tolist() == [2, 3]
+
+
+def test_read_error_names_its_first_line_or_its_type(tmp_path, monkeypatch):
+    for err, shown in ((ValueError("bad footer\nmore detail"), "bad footer"), (OSError(), "OSError")):
+        def boom(path, err=err):
+            raise err
+        monkeypatch.setattr(tables.pd, "read_parquet", boom)
+        with pytest.raises(tables.DamagedFile) as got:
+            tables.read_parquet(tmp_path / "t.parquet", "the x stage")
+        assert str(got.value) == (f"{tmp_path / 't.parquet'}: damaged or not a Parquet table ({shown}); delete it "
+                                  f"and rerun the x stage")
+
+
+def test_share_crossing_rounds_f_pristine_at_step_0_to_four_digits():
+    m = frame([M(experiment="E2", metric="f_pristine", step=s, value=v) for s, v in ((0, 0.123456), (1, 0.2))])
+    assert tables.share_crossings(m, hold=1)["r"]["real"] == {"f_pristine_at_0": 0.1235, "crossing_step": 0}
