@@ -49,8 +49,9 @@ def test_num_and_msd_cells():
 def test_table_and_sig_and_classes():
     t = report._table(pd.DataFrame({"a": [1.0, NA], "b": ["x", None]}), caption="c")
     assert t == {"columns": ["a", "b"], "rows": [[1.0, "x"], ["—", "—"]], "caption": "c"}
-    assert [report._sig(v) for v in (None, NA, 0, 0.5, 12345.0, 9999.0, 0.001, 0.00099, -0.00099, -20000.0)] == \
-        ["—", "—", "0", "0.5", "1.23e+04", "1e+04", "0.001", "9.90e-04", "-9.90e-04", "-2.00e+04"]
+    assert [report._sig(v) for v in (None, NA, 0, 0.5, 12345.0, 10000.0, 9999.0, 0.001, 0.00099, -0.00099,
+                                     -20000.0)] == \
+        ["—", "—", "0", "0.5", "1.23e+04", "1.00e+04", "1e+04", "0.001", "9.90e-04", "-9.90e-04", "-2.00e+04"]
     assert report.verdict_class("does not hold") == "v-does-not-hold"
 
 
@@ -117,6 +118,21 @@ def test_windows_table_every_column_sorted_by_noise_and_seed():
     (only,) = report._windows_table(short, sruns, 5)["rows"]
     assert only[3] == 1 and only[5] == "—" and only[7] == "—" and only[4] == only[6] != "—"
     assert report._windows_table(short.iloc[:0], sruns, 5)["rows"] == []
+
+
+def test_windows_table_by_hand():
+    """Windows of 2 steps with f^p = 0.1, 0.4, 0.7 (f^p − f^c = −0.8, −0.2, +0.4): the lowest later
+    window is the second, not the first (lowest of all) nor the last; the null world's shares are equal."""
+    d_p, d_c = [0.1, 0.1, 0.4, 0.4, 0.7, 0.7], [0.9, 0.9, 0.6, 0.6, 0.3, 0.3]
+    rows = []
+    for null, (p, c) in ((-1, (d_p, d_c)), (0, ([0.5] * 6, [0.5] * 6))):
+        for metric, values in (("i_pristine", np.cumsum(p)), ("i_corrupt", np.cumsum(c))):
+            rows += [row(run="r", experiment="E2", noise=0.5, metric=metric, null=null, step=st, value=float(v))
+                     for st, v in enumerate(values)]
+    runs = pd.DataFrame([dict(run="r", status="ok", n_pristine=1, n_corrupt=1)])
+    t = report._windows_table(frame(rows), runs, 2)
+    assert t["rows"] == [["0.5", "sgd", 0, 3, "-0.800 (steps 0–1)", "-0.200 (steps 2–3)", "+0.400 (steps 4–5)",
+                          "+0.000 (steps 0–1)"]]
 
 
 def test_cross_table_ours_with_the_papers_numbers():
@@ -201,6 +217,25 @@ def test_run_table_every_column():
                           "—", "—", "—", "—"]]
     bare = report.run_table(runs[["run", "status", "steps_done"]], {})
     assert bare["rows"][0] == ["a", "—", "ok", "10 / ?", "—", "—", "—", "—", "—", "—"]
+
+
+def test_scorecard_table_rows_links_counts_and_other_papers():
+    card = pd.DataFrame([
+        dict(id="x", paper="XY", section="§1", figure="nowhere", claim="cx", statistic="s", value=2.0, low=NA,
+             high=3.0, n=2, verdict="inconclusive", reason="r", detail="r"),
+        dict(id="a", paper="CG", section="§2", figure="cg-fig1", claim="ca", statistic="s", value=0.5, low=0.25,
+             high=NA, n=3, verdict="holds", reason="", detail="d")], columns=findings.COLUMNS)
+    t = report.scorecard_table(card)
+    assert [(g["paper"], g["title"]) for g in t["groups"]] == [("CG", report.PAPERS["CG"]), ("XY", "XY")]
+    (a,), (x,) = (g["rows"] for g in t["groups"])
+    assert a == dict(id="a", claim="ca", section="CG §2", statistic="s", value="0.5", interval="—", n=3,
+                     verdict="holds", cls="v-holds", reason="", detail="d", href="#cg-fig1", evidence="CG Fig. 1",
+                     evidence_title=report.TITLES["cg-fig1"])
+    assert x["interval"] == "—" and x["detail"] == "" and x["href"] is None and x["evidence"] is None
+    assert x["evidence_title"] == "" and x["reason"] == "r"
+    assert t["counts"] == [dict(verdict=v, n=int(v in ("holds", "inconclusive")), label=report.COUNT_LABELS[v],
+                                cls=report.verdict_class(v)) for v in findings.VERDICTS]
+    assert report.scorecard_table(card, shown=["mc"])["groups"][0]["rows"][0]["href"] is None
 
 
 # ---------------------------------------------------------------------------- inputs, figures, provenance
