@@ -251,3 +251,25 @@ def test_aggregate_stage_names_a_missing_or_damaged_run_file(study, capsys):
         assert err.value.code == 1 and log_lines(capsys)[-1] == (
             f"error: {tmp}/runs/{run}/{name}: missing; run the train stage for {run}")
     assert not (tmp / "results").exists()
+
+
+def _requires(name, argv, capsys):
+    """Leaving out any one of the stage's required flags is argparse's usage error (exit 2)."""
+    flags = [a for a in argv if a.startswith("--")]
+    for flag in flags:
+        i = argv.index(flag)
+        with pytest.raises(SystemExit) as err:
+            stage(name)(argv[:i] + argv[i + 2:])
+        assert err.value.code == 2 and f"the following arguments are required: {flag}" in capsys.readouterr().err
+
+
+def test_corrupt_stage_requires_data_noise_and_out(capsys):
+    _requires("corrupt", ["--data", "d.pt", "--noise", "0.5", "--out", "c.parquet"], capsys)
+
+
+def test_prepare_stage_requires_out(capsys):
+    _requires("prepare", ["--out", "d.pt"], capsys)
+
+
+def test_easyhard_stage_requires_data_seed_and_out(capsys):
+    _requires("easyhard", ["--data", "d.pt", "--seed", "0", "--out", "e.parquet"], capsys)
