@@ -621,3 +621,13 @@ def test_difficulty_scores_fig_rows_in_order_values_per_score():
     assert left.images[0].get_clim() == (-1, 1) and right.images[0].get_clim() == (0, 1)
     assert left.images[0].get_cmap().name == "RdBu_r"
     assert plots.difficulty_scores_fig(t.iloc[:0]) is None
+
+
+def test_figures_of_a_single_row():
+    """One measured value is a figure too (the optimizer read from that row)."""
+    fig = plots.learning_curves_fig(frame([row(value=0.5)]))
+    assert fig.axes[0].get_ylabel() == "sgd: accuracy" and xy(fig.axes[0].lines[0]) == ([0], [0.5])
+    fig = plots.m_coherence_fig(frame([row(experiment="E7", metric="m_coherence", value=3.0)]), main="mlp-8")
+    acc, coh = fig.axes
+    assert coh.get_ylabel() == "mlp-8 sgd\nm-coherence" and xy(lines(coh, color="C4")[0]) == ([0], [3.0])
+    assert [t.get_text() for t in acc.texts] == ["not measured"]
