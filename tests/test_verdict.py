@@ -195,3 +195,12 @@ def test_describe_shows_the_interval_from_two_seeds_and_the_reason_unless_it_hol
     fails = v.test("b", {0: 1.0, 1: 1.0, 2: 1.0}, "<", 0.0)
     assert v.describe(fails).endswith("→ does not hold (the interval lies wholly above 0)")
     assert v.describe(dict(fails, reason="")).endswith("→ does not hold")
+
+
+def test_an_unmeasured_claim_has_every_field_of_a_judged_one_each_empty():
+    judged = v.judge([v.test("g", {0: 0.1, 1: 0.2, 2: 0.3}, ">", 0.01)])
+    empty = v.unmeasured("no runs at noise 0.5")
+    assert set(empty) == set(judged)  # the scorecard reads the same keys from both
+    assert empty["verdict"] == UNMEASURED and empty["n"] == 0 and empty["tests"] == []
+    assert all(math.isnan(empty[k]) for k in ("value", "low", "high"))
+    assert empty["reason"] == empty["detail"] == "no runs at noise 0.5"
