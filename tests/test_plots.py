@@ -1,14 +1,12 @@
 """cglib.plots on small hand-made tables (no smoke study): what each figure draws (the data of
 every line, band, error bar, bar and image; the titles, labels, scales and keys that name it).
 Expected values are worked out by hand or with plain pandas / numpy from the same rows."""
-from types import SimpleNamespace
-
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 
-from cglib import findings, plots, report
+from cglib import plots
 from cglib import tables as cgtables
 
 DEFAULTS = dict(experiment="E1", dataset="synthetic", model="mlp-8", optimizer="sgd", clip=None, noise=0.0, seed=0,

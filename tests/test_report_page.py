@@ -1,7 +1,6 @@
 """cglib.report and stages/report.py on small hand-made tables (no smoke study, no browser): every
 cell of every table the page shows, which sections it has, the provenance block, and the stage's
 outputs and log line. Expected values are worked out by hand or with plain pandas from the same rows."""
-import math
 import re
 import subprocess
 import time
