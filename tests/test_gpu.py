@@ -77,6 +77,10 @@ def test_claim_a_wanted_card_and_release(tmp_path):
     assert lock.path.read_text() == f"{os.getpid()}\n"
     with pytest.raises(gpu.CardsBusy, match=r"^card 2 held by other jobs for 0 s \(locks in "):
         gpu.claim(3, want=2, wait=0, directory=tmp_path / "locks")
+    t0 = time.monotonic()
+    with pytest.raises(gpu.CardsBusy, match=r"^card 2 held by other jobs for 0.01 s"):
+        gpu.claim(3, want=2, wait=0.01, directory=tmp_path / "locks")  # one poll (0.5 s) and out
+    assert time.monotonic() - t0 >= 0.4
     first = gpu.claim(3, directory=tmp_path / "locks")
     assert first.index == 0  # the first free one
     lock.release()

@@ -184,12 +184,12 @@ def test_log_eval_table():
     """The row of a step: the whole model's numbers (no layer or null rows), the step's epoch;
     the header at step 0 only."""
     rows = [dict(step=0, epoch=0.0, split="train", metric="loss", value=9.0)]
-    now = [dict(split="train", metric="loss", value=1.5), dict(split="train", metric="accuracy", value=0.25),
+    now = [dict(split="train", metric="loss", layer="all", null=-1, value=1.5),
+           dict(split="train", metric="accuracy", value=0.25),
            dict(split="test", metric="accuracy", value=0.5), dict(split="pristine", metric="accuracy", value=0.75),
            dict(split="corrupt", metric="accuracy", value=0.125), dict(split="train", metric="overfit", value=-0.5),
-           dict(split="train", metric="loss", layer="1", value=7.0),
-           dict(split="train", metric="loss", null=0, value=8.0),
-           dict(split="train", metric="loss", layer="all", null=-1, value=1.5)]
+           dict(split="train", metric="loss", layer="1", value=7.0),   # a layer's row, later: not the table's
+           dict(split="train", metric="accuracy", null=0, value=0.0)]  # a null's row, later: not the table's
     rows += [dict(r, step=3, epoch=1.5) for r in now]
     logs = []
     _log_eval(logs.append, 3, rows)
@@ -442,3 +442,34 @@ def test_channels_last_on_the_cpu_leaves_the_model_alone(monkeypatch):
     assert out["device"]["channels_last"] is False
     conv = next(m for m in models[0].modules() if isinstance(m, torch.nn.Conv2d))
     assert conv.weight.is_contiguous() and not conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_layout_changes_no_number(monkeypatch):
+    """Where channels_last takes effect (CUDA; here device_options is made to say so on the
+    CPU): the model, the training data and every extra test set are converted, and the rows are
+    those of the plain layout."""
+    import cglib.train
+    real = cglib.train.device_options
+    g = torch.Generator().manual_seed(0)
+    data = {"x_train": torch.randn(20, 2, 4, 4, generator=g), "y_train": torch.randint(0, 3, (20,), generator=g),
+            "x_test": torch.randn(4, 2, 4, 4, generator=g), "y_test": torch.randint(0, 3, (4,), generator=g),
+            "input_shape": (2, 4, 4), "num_classes": 3}
+    tests = {"e-test": (data["x_train"][:5], data["y_train"][:5])}
+    p = _params(steps=2, batch_size=10, bn_priming="none", eval_per_decade=9)
+    p["model"] = {"name": "cnn", "channels": [2]}
+    spec = dict(run="cl", optimizer="sgd", clip=0, noise=0.0, seed=0, subset="full")
+    plain = train_run(p, data, data["y_train"], None, spec, log=lambda *a: None, progress=False, tests=tests)
+    monkeypatch.setattr(cglib.train, "device_options", lambda *a: dict(real(*a), channels_last=True))
+    layouts, models = [], []
+    real_per_example, real_build = cglib.train.per_example, cglib.train.build_model
+    monkeypatch.setattr(cglib.train, "per_example", lambda model, x, y: layouts.append(
+        (len(x), x.is_contiguous(memory_format=torch.channels_last))) or real_per_example(model, x, y))
+    monkeypatch.setattr(cglib.train, "build_model", lambda *a: models.append(real_build(*a)) or models[-1])
+    cl = train_run(p, data, data["y_train"], None, spec, log=lambda *a: None, progress=False, tests=tests)
+    assert set(layouts) == {(20, True), (4, True), (5, True)}  # train sample, test, e-test
+    conv = next(m for m in models[0].modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    key = lambda r: (r["step"], r["split"], r["metric"])  # noqa: E731
+    assert [key(r) for r in cl["rows"]] == [key(r) for r in plain["rows"]]
+    assert {"e-test", "test", "train"} <= {r["split"] for r in cl["rows"]}
+    assert [r["value"] for r in cl["rows"]] == pytest.approx([r["value"] for r in plain["rows"]], rel=1e-5)
