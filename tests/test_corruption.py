@@ -62,3 +62,11 @@ def test_noise_and_labels_are_checked_on_both_sides_of_their_bounds():
         with pytest.raises(ValueError, match="labels must lie"):
             corrupt_labels(np.array(bad), 0.5, seed=0, num_classes=10)
     assert corrupt_labels(np.array([], dtype=np.int64), 0.5, seed=0, num_classes=10)[0].size == 0
+
+
+def test_the_count_is_rounded_to_nearest_not_truncated():
+    # ε·n = 2.6 → 3 chosen (truncation would choose 2); with all labels distinct, every changed
+    # label is a chosen one, and some seed's permutation moves all three
+    labels = np.arange(10)
+    changed = [corrupt_labels(labels, 0.26, seed, 10)[1].sum() for seed in range(30)]
+    assert max(changed) == 3
