@@ -477,3 +477,11 @@ def test_stage_keys_are_the_params_dvc_yaml_tracks():
 def test_optimizer_names_are_the_variants_the_schema_accepts():
     names = SCHEMA["properties"]["train"]["properties"]["optimizers"]["items"]["properties"]["name"]["enum"]
     assert config.OPTIMIZER_NAMES == tuple(names) == ("sgd", "winsorized", "m3", "rm3", "ra3")
+
+
+def test_check_run_checks_one_run_against_its_own_train_section():
+    p = with_({"train.batch_size": 9, "difficulty.batch_size": 9})
+    config.check_run(p, {"name": "m3", "clip": 0})  # 9 = 3 · 3 (the schema's batch of 100 is not)
+    config.check_run(p, {"name": "winsorized", "clip": 4})
+    with pytest.raises(config.ParamsError, match=r"^train.optimizers\[0\].clip: 5 must be < batch_size/2 = 4.5$"):
+        config.check_run(p, {"name": "winsorized", "clip": 5})
