@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from scipy import stats
 
 from cglib import findings, tables
 from cglib.findings import cg, common, mc, ws
@@ -173,6 +174,8 @@ def test_context_leaves_out_runs_not_ok_and_keeps_the_main_model():
     # no status column: nothing left out
     ctx = findings.context(m, runs[["run"]], PARAMS)
     assert ctx["bad"] == [] and len(ctx["real"]) == 4
+    ctx = findings.context(m, pd.DataFrame({"status": ["diverged"]}), PARAMS)  # no run column: nothing named
+    assert ctx["bad"] == [] and len(ctx["real"]) == 4
 
 
 def test_scorecard_names_the_runs_left_out_in_every_reason(monkeypatch):
@@ -182,7 +185,14 @@ def test_scorecard_names_the_runs_left_out_in_every_reason(monkeypatch):
     m = frame([row(run="ok"), row(run="bad")])
     runs = pd.DataFrame([dict(run="ok", status="ok"), dict(run="bad", status="nan")])
     card = findings.scorecard(m, runs, PARAMS)
-    assert list(card.columns) == findings.COLUMNS
+    assert list(card.columns) == ["id", "paper", "section", "figure", "claim", "statistic", "value", "low", "high", "n",
+                                  "verdict", "reason", "detail"]  # findings.csv's columns
+    assert card.iloc[0, :6].tolist() == ["a", "CG", "§1", "f", "claim a", "stat a"]
+    assert card.iloc[1, :6].tolist() == ["b", "MC", "§2", "f", "claim b", "stat b"]
+    lo, hi = stats.ttest_1samp([1.0, 1.1, 0.9], 0.0).confidence_interval(0.95)
+    assert card.at[0, "low"] == pytest.approx(lo) and card.at[0, "high"] == pytest.approx(hi)
+    assert card.at[0, "detail"] == f"g: 1 [{lo:.3g}, {hi:.3g}] n=3, claimed > 0.5 → holds"
+    assert card.at[1, "detail"] == "no data for this claim in the study" and math.isnan(card.at[1, "low"])
     assert card["id"].tolist() == ["a", "b"] and card["verdict"].tolist() == [HOLDS, "not measured"]
     assert card["reason"].tolist() == ["runs left out (not ok): bad",
                                        "no data for this claim in the study; runs left out (not ok): bad"]
@@ -190,6 +200,11 @@ def test_scorecard_names_the_runs_left_out_in_every_reason(monkeypatch):
     assert card.dtypes["n"] == "int64" and card.dtypes["value"] == "float64"
     card = findings.scorecard(m, runs.assign(status="ok"), PARAMS)
     assert card["reason"].tolist() == ["", "no data for this claim in the study"]
+    # no claim at all: the columns still have their types
+    monkeypatch.setattr(findings, "CLAIMS", [])
+    empty = findings.scorecard(m, runs, PARAMS)
+    assert empty.empty and dict(empty.dtypes[["value", "low", "high", "n"]]) == {
+        "value": "float64", "low": "float64", "high": "float64", "n": "int64"}
 
 
 # ---------------------------------------------------------------------------- cg
@@ -306,12 +321,16 @@ def test_cg_shares_early_compares_the_real_ratio_at_the_last_step_before_10_with
     steps = (0, 9, 10)  # step 10 is not among the first 10 steps
     rows = []
     for s in range(3):
-        rows += e2_run(f"a{s}", .5, s, {-1: [(1, 1), (6, 2), (100, 1)], 0: [(1, 1), (2, 2), (1, 100)],
+        rows += e2_run(f"x{s}", .5, s, {-1: [(1, 1), (6, 2), (100, 1)], 0: [(1, 1), (2, 2), (1, 100)],
                                         1: [(1, 1), (3, 2), (1, 100)]}, steps)
         rows += e2_run(f"z{s}", 0.0, s, {-1: [(1, 1)] * 3, 0: [(1, 2)] * 3}, steps)  # ε = 0: left out
         rows += e2_run(f"o{s}", 1.0, s, {-1: [(1, 1)] * 3, 0: [(1, 2)] * 3}, steps)  # ε = 1: left out
         rows += e2_run(f"n{s}", .25, s, {-1: [(1, 1)] * 3}, steps)  # no null world: left out
         rows += e2_run(f"q{s}", .75, s, {0: [(1, 1)] * 3, 1: [(1, 2)] * 3}, steps)  # no real designation: left out
+        only_c = e2_run(f"c{s}", .25, s, {-1: [(1, 1)] * 3, 0: [(1, 2)] * 3}, steps)
+        rows += [r for r in only_c if r["metric"] == "i_corrupt"]  # no i^p: left out
+        rows += [r for r in e2_run(f"p{s}", .25, s, {-1: [(1, 1)] * 3, 0: [(1, 2)] * 3}, steps)
+                 if r["metric"] == "i_pristine"]  # no i^c: left out
         rows += e2_run(f"r{s}", .75, s, {-1: [(1, 1)] * 3, 0: [(1, 2)] * 3}, steps, optimizer="rm3")  # not SGD
         rows += e2_run(f"e{s}", .75, s, {-1: [(1, 1)] * 3, 0: [(1, 2)] * 3}, steps, subset="e-train")
     t, = cg.shares_early(ctx_of(rows))
@@ -360,7 +379,8 @@ def test_cg_shares_crossover_reads_the_first_window_the_lowest_later_one_and_the
 
 
 def test_cg_shares_crossover_counts_null_world_0_and_needs_a_later_real_window():
-    w = {(.5, 0): windows([.3, -.3], [[.2, .1]]), (.5, 1): windows([.3], [[.2, .1]])}
+    w = {(.75, 0): windows([.3, -.3], [[.2, .1]]), (.5, 1): windows([.3], [[.2, .1]]),
+         (.5, 0): windows([.3, -.3], [[.2, .1]])}  # the left-out ones first: each is skipped, not the end
     t = cg.shares_crossover({"windowed": w})
     assert groups(t) == ["ε=0.5 real f^p − f^c, first window", "ε=0.5 real, lowest later window",
                          "ε=0.5 nulls, lowest window"]
@@ -785,6 +805,7 @@ def test_mc_layers_follow_lowest_rank_correlation_over_the_layers():
         rows += e7_rows(MAIN, 0.0, s, [1, 5, 3, 4, 2], layer="1", final=None)  # ranks 1 4 2 3... ρ = 0.6
         rows += e7_rows(MAIN, .5, s, [1, 3, 5, 4, 2])
         rows += e7_rows(MAIN, .5, s, [1, 2], layer="0", steps=(0, 50), final=None)  # two common steps: no ρ
+    rows += e7_rows(MAIN, 0.0, 5, [1, 3, 5, 4, 2])  # no layer rows: left out
     rows += e7_rows(MAIN, 1.0, 0, [1, 3, 5, 4, 2]) + e7_rows(MAIN, 1.0, 0, [2, 2, 2], layer="0", steps=(0, 50, 100),
                                                             final=None)  # constant layer: ρ is nan
     rows += e7_rows(MAIN, .25, 0, [1, 3, 5, 4, 2]) + e7_rows(MAIN, .25, 0, [1, 3, 5], layer="0", steps=(0, 50, 100),
