@@ -618,6 +618,11 @@ def test_difficulty_scores_fig_rows_in_order_values_per_score():
         assert np.allclose(im.get_array(), want)
     assert left.images[0].get_clim() == (-1, 1) and right.images[0].get_clim() == (0, 1)
     assert left.images[0].get_cmap().name == "RdBu_r"
+    # a score without an AUROC anywhere (no corrupt labels) keeps its blank column
+    blank = plots.difficulty_scores_fig(t.assign(auroc_corrupt=t["auroc_corrupt"].where(t["score"] == "el2n")))
+    right = blank.axes[1]
+    assert [tk.get_text() for tk in right.get_xticklabels()] == ["aum", "el2n"]
+    assert np.isnan(np.asarray(right.images[0].get_array().filled(np.nan))[:, 0]).all()
     assert plots.difficulty_scores_fig(t.iloc[:0]) is None
 
 

@@ -161,6 +161,10 @@ def test_difficulty_table_counts_rows_and_the_papers_rm3():
         sel = e5[(e5["noise"] == float(r[0])) & (e5["optimizer"] == opt)]
         assert r[2:] == [report._msd(sel[sel["difficulty"] == d]["accuracy"]) for d in (0, 1, 2)]
     assert "0 = easy" in t["caption"]
+    # a variant run at one noise level only: no empty row at the other
+    t = report._difficulty_table(e5[~((e5["optimizer"] == "rm3") & (e5["noise"] == 0))], hist)
+    assert [r[:2] for r in t["rows"][1:-1]] == [["0", "sgd"], ["0", "winsorized c=2"], ["0.5", "sgd"], ["0.5", "rm3"],
+                                                ["0.5", "winsorized c=2"]]
 
 
 def test_matched_table_sorted_seeds_levels_in_order():
