@@ -670,6 +670,7 @@ def test_a_shared_parameter_goes_to_the_fallback_once_and_an_unused_one_counts_z
     (dict(kernel_size=(3, 2), dilation=(1, 2), padding="valid", stride=(1, 2)), (6, 7)),
     (dict(kernel_size=3, padding=(2, 1), padding_mode="circular"), (6, 7)),
     (dict(kernel_size=3, padding="same", padding_mode="reflect"), (2, 2)),  # reflect allows 1, not 2
+    (dict(kernel_size=1, padding="valid", padding_mode="reflect"), (1, 1)),  # reflect allows none here
 ])
 def test_conv2d_closed_form_for_each_padding(conv, size):
     torch.manual_seed(5)
