@@ -210,3 +210,13 @@ def test_refusals(study, capsys, tmp_path):
     splits[splits["subset"] != "h-train"].to_parquet(tmp_path / "s.parquet")
     assert _fails(study, capsys, "--optimizer", "sgd", "--subset", "h-train", "--splits", tmp_path / "s.parquet",
                   code=1) == f"error: {tmp_path / 's.parquet'}: no example in subset h-train"
+
+
+def test_required_flags(study, capsys):
+    d = study["dir"]
+    argv = {"--params": study["params"], "--data": d / "d.pt", "--optimizer": "sgd", "--seed": "0", "--out": d / "x"}
+    for flag in ("--data", "--optimizer", "--seed", "--out"):
+        with pytest.raises(SystemExit) as err:
+            _stage().main([str(a) for k, v in argv.items() if k != flag for a in (k, v)])
+        assert err.value.code == 2
+        assert f"the following arguments are required: {flag}" in capsys.readouterr().err
