@@ -293,6 +293,8 @@ def test_fill_defaults_recursively_into_objects_and_array_items():
     assert sch["properties"]["b"]["default"] == {}  # the default was copied, not filled in place
     assert config.fill_defaults(5, sch) == 5 and config.fill_defaults([{}], sch) == [{}]
     assert config.fill_defaults({"x": 1}, {"type": "array", "items": sch}) == {"x": 1}
+    assert config.fill_defaults(5, {"type": "array", "items": sch}) == 5  # a scalar where a list belongs
+    assert config.fill_defaults([{}], {"type": "array"}) == [{}]  # no items schema: nothing to fill
 
 
 # ---------------------------------------------------------------------------- reading the file
