@@ -637,3 +637,11 @@ def test_grand_of_a_linear_model_by_hand():
     got = grand(model, x, y)
     assert got.dtype == torch.float64 and got.tolist() == pytest.approx(want, rel=1e-6)
     assert grand(model, x, y, chunk_size=2).tolist() == pytest.approx(want, rel=1e-6)
+
+
+def test_forgetting_of_an_example_correct_in_exactly_one_record_is_counted_not_inf():
+    logits = torch.tensor([[[0.0, 2.0]], [[2.0, 0.0]], [[0.0, 2.0]]])  # I, C, I for label 0
+    s = ExampleScores(1, el2n_epoch=1)
+    for t in range(3):
+        s.update(t + 1, logits[t], torch.zeros(1, dtype=torch.long))
+    assert s.frame()["forgetting_events"].tolist() == [1.0]
