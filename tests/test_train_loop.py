@@ -191,6 +191,7 @@ def test_log_eval_table():
            dict(split="train", metric="loss", layer="1", value=7.0),   # a layer's row, later: not the table's
            dict(split="train", metric="accuracy", null=0, value=0.0)]  # a null's row, later: not the table's
     rows += [dict(r, step=3, epoch=1.5) for r in now]
+    rows.append(dict(step=4, epoch=2.0, split="test", metric="accuracy", value=0.875))  # another step's, later
     logs = []
     _log_eval(logs.append, 3, rows)
     assert logs == ["      3    1.50  1.5000  0.250  0.500  0.750  0.125  -0.500"]
@@ -295,7 +296,10 @@ def test_run_matches_a_plain_reference_loop():
         assert _value(rows, steps, "test", "accuracy") == pytest.approx(test_acc)
         assert _value(rows, steps, "train", "overfit") == pytest.approx(
             right.float().mean().item() - (0.2 / 3 + 0.8 * test_acc))
-    assert out["scores"] is not None and len(out["scores"]) == N
+    # E8: GraNd at step 0 is the initial model's per-example gradient norm (the probes ran)
+    from cglib.scores import grand
+    want = grand(_reference_model(p, data, labels, 3, 0), data["x_train"], labels).numpy()
+    assert out["scores"]["grand"].to_numpy() == pytest.approx(want, rel=1e-5)
 
 
 def test_eval_train_sample_and_difficulty_rows():
