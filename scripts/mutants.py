@@ -160,7 +160,12 @@ def mutants_of(module: str, tmp: Path) -> list[tuple[str, int, int, str]]:
             m = item.mutations[0]
             if m.operator_name not in KEEP:
                 continue
-            code = mutate_code(original, plugins.get_operator(m.operator_name)(), m.occurrence)
+            try:
+                code = mutate_code(original, plugins.get_operator(m.operator_name)(), m.occurrence)
+            except Exception as err:  # e.g. its ExceptionReplacer on `except (a.B, C)`: say so, go on
+                print(f"mutants: Cosmic Ray cannot apply {m.operator_name} at {module}:{m.start_pos[0]} "
+                      f"({type(err).__name__}: {err}); left out", file=sys.stderr)
+                continue
             if code is not None:
                 found.append((m.operator_name.removeprefix("core/"), m.start_pos[0], m.start_pos[1], code))
     # ours, enumerated as Cosmic Ray's init does: every position of every node, in tree order
