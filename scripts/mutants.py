@@ -253,14 +253,16 @@ def quote(arg: str) -> str:
     return arg if re.fullmatch(r"[\w./:=@+-]+", arg) else "'" + arg.replace("'", "'\\''") + "'"
 
 
-def warm() -> None:
+WARM = "torch,torchvision,numpy,pandas,pyarrow.parquet,scipy.stats,matplotlib.pyplot,jinja2,pytest"
+
+
+def warm(names: str = WARM) -> None:
     """Import, once, what every mutant's tests import: each fork then starts with them loaded.
     One thread each, since the workers already fill the cores. cglib itself is not imported here:
     each fork imports it from its own tree, mutated."""
     os.environ.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", MPLBACKEND="Agg", PYTHONDONTWRITEBYTECODE="1")
     sys.dont_write_bytecode = True
-    for name in ["torch", "torchvision", "numpy", "pandas", "pyarrow.parquet", "scipy.stats", "matplotlib.pyplot",
-                 "jinja2", "pytest"]:
+    for name in filter(None, names.split(",")):
         try:
             __import__(name)
         except ImportError:
@@ -275,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="where the reports go (default: <root>/results/mutants)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant's test run")
     parser.add_argument("--jobs", type=int, default=0, help="mutants tested at once (default: one per core)")
+    parser.add_argument("--warm", default=WARM, help="modules imported once, before the forks (comma-separated; "
+                        "default: the heavy ones cglib's tests import)")
     args = parser.parse_args(argv)
     if bool(args.module) == args.all:
         parser.error("give one module or --all")
@@ -282,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     mapping, equivalent = root / "tests" / "mutation_map.yaml", root / "tests" / "mutants_equivalent.txt"
     out = args.out or root / "results" / "mutants"
     modules = list(yaml.safe_load(mapping.read_text())) if args.all else [args.module]
-    warm()
+    warm(args.warm)
     worst, rows = 0, []
     for module in modules:
         code, row = run(module, root, out, args.timeout, mapping, equivalent, args.jobs)

@@ -6,6 +6,9 @@ import textwrap
 
 from conftest import ROOT
 
+# the tiny modules below import nothing heavy: pre-import pytest only (the default also loads torch & co.)
+MUTANTS = [sys.executable, str(ROOT / "scripts" / "mutants.py"), "--warm", "pytest"]
+
 TINY = '''\
 def over(x, limit):
     return x >= limit
@@ -34,7 +37,7 @@ def tree(tmp_path, equivalent=""):
     (tmp_path / "tests" / "test_tiny.py").write_text(TESTS)
     (tmp_path / "tests" / "mutation_map.yaml").write_text("tiny.py:\n  tests: [tests/test_tiny.py]\n")
     (tmp_path / "tests" / "mutants_equivalent.txt").write_text(textwrap.dedent(equivalent))
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "mutants.py"), "tiny.py", "--root", str(tmp_path)],
+    return subprocess.run([*MUTANTS, "tiny.py", "--root", str(tmp_path)],
                           capture_output=True, text=True, timeout=120)
 
 
@@ -58,7 +61,7 @@ def test_all_runs_every_mapped_module_and_writes_the_table(tmp_path):
     (tmp_path / "tests" / "test_tiny2.py").write_text("from tiny2 import one\n\n\ndef test_one():\n    assert one() == 1\n")
     (tmp_path / "tests" / "mutation_map.yaml").write_text(
         "tiny.py:\n  tests: [tests/test_tiny.py]\ntiny2.py:\n  tests: [tests/test_tiny2.py]\n")
-    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "mutants.py"), "--all", "--root", str(tmp_path),
+    run = subprocess.run([*MUTANTS, "--all", "--root", str(tmp_path),
                           "--jobs", "1"], capture_output=True, text=True, timeout=120)
     assert run.returncode == 1, run.stdout + run.stderr  # tiny's two survivors
     table = (tmp_path / "results" / "mutants" / "summary.txt").read_text().splitlines()
@@ -73,8 +76,8 @@ def test_a_mutant_that_hangs_is_stopped_at_the_timeout_and_counts_as_killed(tmp_
     (tmp_path / "loop.py").write_text("def count(n):\n    k = 0\n    while n > 0:\n        n = n - 1\n        k = k + 1\n    return k\n")
     (tmp_path / "tests" / "test_loop.py").write_text("from loop import count\n\n\ndef test_count():\n    assert count(3) == 3\n")
     (tmp_path / "tests" / "mutation_map.yaml").write_text("loop.py:\n  tests: [tests/test_loop.py]\n")
-    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "mutants.py"), "loop.py", "--root", str(tmp_path),
-                          "--timeout", "5"], capture_output=True, text=True, timeout=300)
+    run = subprocess.run([*MUTANTS, "loop.py", "--root", str(tmp_path),
+                          "--timeout", "3"], capture_output=True, text=True, timeout=300)
     first = run.stdout.splitlines()[0]
     assert run.returncode == 0 and first.endswith("0 survived: score 100.0 %"), run.stdout + run.stderr
 
@@ -129,7 +132,7 @@ def test_a_dropped_key_no_test_reads_survives(tmp_path):
     (tmp_path / "row.py").write_text("def row(x):\n    return {'mean': x, 'n': 1}\n")
     (tmp_path / "tests" / "test_row.py").write_text("from row import row\n\n\ndef test_row():\n    assert row(2)['mean'] == 2\n")
     (tmp_path / "tests" / "mutation_map.yaml").write_text("row.py:\n  tests: [tests/test_row.py]\n")
-    run = subprocess.run([sys.executable, str(ROOT / "scripts" / "mutants.py"), "row.py", "--root", str(tmp_path)],
+    run = subprocess.run([*MUTANTS, "row.py", "--root", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)
     survivors = [line for line in run.stdout.splitlines() if line.startswith("row.py:2:")]
     # 'n' dropped, 1 → 0 and 1 → 2 survive; 'mean' dropped and the swap are killed
