@@ -30,17 +30,70 @@ def tool(name: str) -> str:
     return found
 
 
-def run_stage(stage: str, *args, cwd=None, check=False, timeout=600):
+def run_stage(stage: str, *args, cwd=None, check=False, timeout=600, fresh=False):
     """Run stages/<stage>.py as the engines do; returns the CompletedProcess. cwd: a fresh
     temporary folder unless given, so default outputs (results/checkpoints/<run>.pt) of tests
-    running side by side (pytest -n 2) never meet."""
+    running side by side (pytest -n 2) never meet. The process is a fork of a warmed interpreter
+    (tests/stage_server.py: the same script, argv, cwd and environment, without ~4 s of imports);
+    fresh=True starts a new interpreter instead, for what a fork would share (the hash seed)."""
     cwd = cwd or tempfile.mkdtemp(prefix="stage-")
     env = venv_env()
-    proc = subprocess.run([PY, str(ROOT / "stages" / f"{stage}.py"), *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, env=env, timeout=timeout)
+    cmd = [PY, str(ROOT / "stages" / f"{stage}.py"), *map(str, args)]
+    if fresh:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env, timeout=timeout)
+    else:
+        proc = _stage_server().run(cmd, cwd, env, timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"{stage} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
+
+
+class StageServer:
+    """The client of tests/stage_server.py: one server per test process, started on first use,
+    one request at a time (a test process runs one test at a time)."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([PY, str(ROOT / "tests" / "stage_server.py")], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=venv_env())
+
+    def run(self, cmd: list[str], cwd, env: dict, timeout: float) -> subprocess.CompletedProcess:
+        import json
+        import selectors
+
+        with tempfile.TemporaryDirectory(prefix="stage-out-") as tmp:
+            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            req = dict(script=cmd[1], argv=cmd[2:], cwd=str(cwd), env=env, stdout=str(out), stderr=str(err))
+            self.proc.stdin.write(json.dumps(req) + "\n")
+            self.proc.stdin.flush()
+            pid = json.loads(self.proc.stdout.readline())["pid"]
+            with selectors.DefaultSelector() as sel:
+                sel.register(self.proc.stdout, selectors.EVENT_READ)
+                if not sel.select(timeout):
+                    os.kill(pid, signal.SIGKILL)
+                    self.proc.stdout.readline()
+                    raise subprocess.TimeoutExpired(cmd, timeout)
+            code = json.loads(self.proc.stdout.readline())["returncode"]
+            return subprocess.CompletedProcess(cmd, code, out.read_text(), err.read_text())
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+        self.proc.stdout.close()
+
+
+_server: StageServer | None = None
+
+
+def _stage_server() -> StageServer:
+    global _server
+    if _server is None or _server.proc.poll() is not None:
+        _server = StageServer()
+    return _server
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _server is not None and _server.proc.poll() is None:
+        _server.close()
 
 
 def kill_after(cmd, path: Path, cwd=None, linger: float = 0.0) -> None:

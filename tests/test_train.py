@@ -64,8 +64,8 @@ def train_args(params, tmp_path, out, optimizer="sgd", clip=0, ckpt=None):
 
 def test_same_params_same_bytes(tmp_path):
     params = prepare_tiny(tmp_path)
-    for out in ("a", "b"):
-        run_stage("train", *train_args(params, tmp_path, out), check=True)
+    for out in ("a", "b"):  # two new interpreters: a fork's hash seed would be its server's
+        run_stage("train", *train_args(params, tmp_path, out), check=True, fresh=True)
     a = (tmp_path / "a" / "metrics.parquet").read_bytes()
     assert a == (tmp_path / "b" / "metrics.parquet").read_bytes()
     assert (tmp_path / "a" / "run.json").read_text() == (tmp_path / "b" / "run.json").read_text()
