@@ -29,8 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.instancenorm import _InstanceNorm
 
 from .measuring import _chunks, _device, measuring
+from .pergrad import _GradTap
 
 # Elements in one block of per-example intermediates (conv patches, Linear Gram / gradients):
 # bounds memory whatever the chunk size.
@@ -150,6 +152,34 @@ def _batchnorm_sq_norms(mod: _BatchNorm, a: torch.Tensor, d: torch.Tensor) -> di
     return {"weight": gamma.square().sum(1), "bias": beta.square().sum(1)}
 
 
+def _affine_norm_sq_norms(x_hat: torch.Tensor, d: torch.Tensor, over: tuple) -> dict:
+    """γ, β of y = γ·x̂ + β (x̂ the normalised input): ∇γ_i = Σ δ_i·x̂_i and ∇β_i = Σ δ_i, each
+    summed over the dims `over` (those γ does not cover) of example i."""
+    gamma, beta = (d * x_hat).sum(over) if over else d * x_hat, d.sum(over) if over else d
+    return {"weight": gamma.square().flatten(1).sum(1), "bias": beta.square().flatten(1).sum(1)}
+
+
+def _per_channel(a: torch.Tensor) -> tuple:
+    return tuple(range(2, a.dim()))  # (N, C, *spatial): γ per channel, summed over space
+
+
+def _groupnorm_sq_norms(mod: nn.GroupNorm, a: torch.Tensor, d: torch.Tensor) -> dict:
+    # Opacus's rule (grad_sample/group_norm.py): normalise the input, multiply by δ, sum over space
+    return _affine_norm_sq_norms(F.group_norm(a, mod.num_groups, eps=mod.eps), d, _per_channel(a))
+
+
+def _layernorm_sq_norms(mod: nn.LayerNorm, a: torch.Tensor, d: torch.Tensor) -> dict:
+    shape = tuple(mod.normalized_shape)  # γ covers the trailing dims: sum over the ones between
+    return _affine_norm_sq_norms(F.layer_norm(a, shape, eps=mod.eps), d, tuple(range(1, a.dim() - len(shape))))
+
+
+def _instancenorm_sq_norms(mod: _InstanceNorm, a: torch.Tensor, d: torch.Tensor) -> dict:
+    running = mod.track_running_stats and not mod.training  # as forward: running stats in eval only
+    x_hat = F.instance_norm(a, mod.running_mean if running else None, mod.running_var if running else None,
+                            use_input_stats=not running, eps=mod.eps)
+    return _affine_norm_sq_norms(x_hat, d, _per_channel(a))
+
+
 def _rule(mod: nn.Module):
     if type(mod) is nn.Linear:  # exact types: a subclass may change forward
         return _linear_sq_norms
@@ -157,6 +187,12 @@ def _rule(mod: nn.Module):
         return _conv2d_sq_norms
     if isinstance(mod, _BatchNorm) and mod.running_mean is not None:
         return _batchnorm_sq_norms
+    if type(mod) is nn.GroupNorm:
+        return _groupnorm_sq_norms
+    if type(mod) is nn.LayerNorm:
+        return _layernorm_sq_norms
+    if type(mod) in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d):
+        return _instancenorm_sq_norms
     return None
 
 
@@ -197,9 +233,11 @@ def _loss_sum(loss: str, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 def _chunk_stats(model, xc, yc, fast, fallback, params, qualified, add, g_sum, loss_kind="cross_entropy"):
     """One chunk: per-example squared norms via hooks (fast modules) and vmap (fallback
     parameters), each handed to add(p, (n,) tensor); the summed gradient via autograd, added
-    into g_sum unless it is None."""
+    into g_sum unless it is None. Without g_sum only the layers' output gradients are asked
+    for (through taps, pergrad._GradTap): no parameter's summed gradient is computed."""
     n = len(xc)
     calls, bad, handles = {}, set(), []
+    anchor = None if g_sum is not None else xc.new_zeros((), dtype=torch.float32).requires_grad_()
 
     def forward_hook(mod, inputs, out):
         calls[mod] = calls.get(mod, 0) + 1
@@ -214,6 +252,8 @@ def _chunk_stats(model, xc, yc, fast, fallback, params, qualified, add, g_sum, l
             for pn, p in fast[mod]:
                 add(p, norms[pn])
 
+        if anchor is not None:
+            return _GradTap.apply(out, anchor, on_output_grad)
         out.register_hook(on_output_grad)
 
     for mod in fast:
@@ -224,7 +264,10 @@ def _chunk_stats(model, xc, yc, fast, fallback, params, qualified, add, g_sum, l
         reroute = bad | {mod for mod, k in calls.items() if k > 1}
         if reroute:
             raise _Reroute(reroute)
-        grads = torch.autograd.grad(loss, params, allow_unused=True)  # also fires the norm hooks
+        if anchor is None:
+            grads = torch.autograd.grad(loss, params, allow_unused=True)  # also fires the norm hooks
+        elif fast:
+            torch.autograd.grad(loss, anchor, allow_unused=True)  # fires the taps, no parameter gradient
     finally:
         for h in handles:
             h.remove()

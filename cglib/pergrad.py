@@ -131,19 +131,21 @@ def _fast_linears(model: nn.Module) -> dict[str, tuple[nn.Linear, dict[str, str]
 
 
 class _GradTap(torch.autograd.Function):
-    """Identity on a Linear output; its backward records dL/d(output) into ``slot``.
+    """Identity on a layer's output; its backward hands dL/d(output) to ``record``.
 
     The output is a clone (not a view) so in-place ops that follow (e.g. ReLU(inplace=True))
-    are legal, and the recorded gradient is the one with respect to the Linear's own output."""
+    are legal, and the recorded gradient is the one with respect to the layer's own output.
+    Asking autograd for the gradient of ``anchor`` alone walks back through every tap without
+    computing any parameter's gradient."""
 
     @staticmethod
-    def forward(ctx, out, anchor, slot):
-        ctx.slot = slot
+    def forward(ctx, out, anchor, record):
+        ctx.record = record
         return out.clone()
 
     @staticmethod
     def backward(ctx, grad_out):
-        ctx.slot.append(grad_out)
+        ctx.record(grad_out)
         # The anchor's gradient is irrelevant; it only makes autograd traverse this node.
         return grad_out, grad_out.new_zeros(()), None
 
@@ -158,7 +160,7 @@ def _linear_fast_path(model, x, y, linears):
         def hook(module, inputs, out):
             slot: list = []
             records[mname].append((inputs[0].detach(), slot))
-            return _GradTap.apply(out, anchor, slot)
+            return _GradTap.apply(out, anchor, slot.append)
         return hook
 
     handles = [m.register_forward_hook(make_hook(mname)) for mname, (m, _) in linears.items()]

@@ -207,8 +207,50 @@ def bn_net():
                          nn.Linear(4 * 7 * 7, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 4))
 
 
+def norm_net():
+    """Every normalisation layer with a closed form, in the layouts it takes: GroupNorm on (N, C,
+    H, W) and on (N, C); InstanceNorm with instance statistics and with running ones (eval);
+    LayerNorm over (C, H, W) and over the last dim without a bias."""
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4), nn.ReLU(), nn.InstanceNorm2d(4, affine=True),
+                         nn.Conv2d(4, 4, 3, padding=1), nn.InstanceNorm2d(4, affine=True, track_running_stats=True),
+                         nn.LayerNorm([4, 7, 7]), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 7 * 7, 8),
+                         nn.GroupNorm(4, 8), nn.LayerNorm(8, bias=False), nn.ReLU(), nn.Linear(8, 4))
+
+
+def seq_norm_net():
+    """InstanceNorm1d on (N, C, L) and LayerNorm on (N, L, C) tokens."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.inorm = nn.Linear(3, 4), nn.InstanceNorm1d(4, affine=True)
+            self.lnorm, self.head = nn.LayerNorm(4), nn.Linear(4, 4)
+
+        def forward(self, x):  # x: (N, 5, 3)
+            h = torch.tanh(self.inorm(self.embed(x).transpose(1, 2))).transpose(1, 2)  # (N, 5, 4)
+            return self.head(self.lnorm(h).mean(1))
+    return Net()
+
+
+class ResBlock(nn.Module):
+    """A ResNet basic block (conv-BN-ReLU-conv-BN plus the skip) and a head."""
+
+    def __init__(self, c=4):
+        super().__init__()
+        self.stem = nn.Conv2d(3, c, 3, padding=1)
+        self.conv1, self.bn1 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.conv2, self.bn2 = nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+        self.head = nn.Linear(c, 4)
+
+    def forward(self, x):
+        h = torch.relu(self.stem(x))
+        out = torch.relu(self.bn1(self.conv1(h)))
+        out = torch.relu(self.bn2(self.conv2(out)) + h)
+        return self.head(out.mean((2, 3)))
+
+
 CASES = {"mlp": (mlp, (10,)), "cnn": (cnn, (3, 9, 9)), "batchnorm": (bn_net, (3, 9, 9)),
-         "tokens": (Tokens, (5, 6))}
+         "tokens": (Tokens, (5, 6)), "norms": (norm_net, (3, 9, 9)), "seq_norms": (seq_norm_net, (5, 3)),
+         "resblock": (ResBlock, (3, 6, 6))}
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -218,7 +260,7 @@ def test_model_m_coherence_equals_brute_force(case):
     model = build()
     m = 23
     x, y = torch.randn(m, *shape), torch.randint(0, 4, (m,))
-    if case == "batchnorm":
+    if case in ("batchnorm", "resblock"):
         prime_batchnorm(model, x, batch_size=8)
     reference = brute_force(copy.deepcopy(model), x, y)
     assert len(reference) > 2
@@ -607,10 +649,10 @@ def _spy_fallback(monkeypatch):
 
 
 @pytest.mark.parametrize("case, fallback", [
-    ("mlp", []), ("cnn", []), ("batchnorm", []),
-    ("tokens", [["mix.bias", "mix.weight", "norm.bias", "norm.weight", "scale.gain"]] * 2)])
+    ("mlp", []), ("cnn", []), ("batchnorm", []), ("norms", []), ("seq_norms", []), ("resblock", []),
+    ("tokens", [["mix.bias", "mix.weight", "scale.gain"]] * 2)])
 def test_closed_forms_where_they_apply_and_a_vmap_pass_only_for_the_rest(case, fallback, monkeypatch):
-    """Linear, Conv2d and BatchNorm use their closed forms; LayerNorm, a custom module and a
+    """Linear, Conv2d and the normalisation layers use their closed forms; a custom module and a
     module called twice go through one vmap pass per chunk, of their own parameters only."""
     torch.manual_seed(0)
     build, shape = CASES[case]
@@ -693,17 +735,43 @@ def _per_example_norms(model, x, y):
     return torch.cat([v.flatten(1) for v in per.values()], 1).double().square().sum(1)
 
 
-@pytest.mark.parametrize("case", ["tokens", "batchnorm"])
-def test_per_example_sq_norms_equal_torch_func(case):
+@pytest.mark.parametrize("case", ["mlp", "cnn", "tokens", "batchnorm", "norms", "seq_norms", "resblock"])
+@pytest.mark.parametrize("m, chunk", [(11, 4), (1, 1)])  # a short last chunk; a batch of one
+def test_per_example_sq_norms_equal_torch_func(case, m, chunk):
     from cglib.coherence import per_example_sq_norms
     torch.manual_seed(6)
     build, shape = CASES[case]
     model = build()
-    x, y = torch.randn(11, *shape) + 1.0, torch.randint(0, 4, (11,))  # BatchNorm statistics stale
+    x, y = torch.randn(m, *shape) + 1.0, torch.randint(0, 4, (m,))  # BatchNorm statistics stale
     want = _per_example_norms(copy.deepcopy(model), x, y)
-    got = per_example_sq_norms(model, x, y, chunk_size=4)  # default prime_bn=False: as they are
-    assert got.dtype == torch.float64 and got.shape == (11,)
+    got = per_example_sq_norms(model, x, y, chunk_size=chunk)  # default prime_bn=False: as they are
+    assert got.dtype == torch.float64 and got.shape == (m,)
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("case", ["norms", "seq_norms", "resblock"])
+def test_normalisation_layers_take_their_closed_form_in_the_per_example_norms_too(case, monkeypatch):
+    from cglib.coherence import per_example_sq_norms
+    seen = _spy_fallback(monkeypatch)
+    build, shape = CASES[case]
+    per_example_sq_norms(build(), torch.randn(5, *shape), torch.randint(0, 4, (5,)))
+    assert seen == []
+
+
+def test_per_example_sq_norms_ask_for_no_parameter_gradient(monkeypatch):
+    """Only the layers' output gradients are computed: autograd is never asked for a parameter."""
+    from cglib.coherence import per_example_sq_norms
+    asked = []
+    real = torch.autograd.grad
+
+    def spy(outputs, inputs, *args, **kwargs):
+        asked.extend([inputs] if isinstance(inputs, torch.Tensor) else list(inputs))
+        return real(outputs, inputs, *args, **kwargs)
+    monkeypatch.setattr(torch.autograd, "grad", spy)
+    model = mlp()
+    per_example_sq_norms(model, torch.randn(6, 10), torch.randint(0, 4, (6,)))
+    params = {id(p) for p in model.parameters()}
+    assert asked and not any(id(t) in params for t in asked)
 
 
 def test_model_coherence_stats_uses_the_statistics_as_they_are_by_default():
