@@ -29,10 +29,10 @@ def test_the_lock_pins_every_dependency_of_pyproject_within_its_range():
     pins = cli.read_lock()
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     reqs = project["dependencies"] + project["optional-dependencies"]["dev"]
-    reqs += project["optional-dependencies"]["slurm"]
+    reqs += project["optional-dependencies"]["slurm"] + project["optional-dependencies"]["bench"]
     for spec in reqs:
         req = Requirement(spec)
-        if cli._canonical(req.name) == OWN:  # the dev extra names the slurm extra
+        if cli._canonical(req.name) == OWN:  # the dev extra names the slurm and bench extras
             continue
         name = cli._canonical(req.name)
         assert name in pins, f"requirements.lock: {req.name} is not pinned"
