@@ -123,6 +123,38 @@ def _conv2d_padded(mod: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
 
 
 def _conv2d_sq_norms(mod: nn.Conv2d, a: torch.Tensor, d: torch.Tensor) -> dict:
+    # Two exact forms, picked by shape (never by timing, so a result's bytes do not depend on the
+    # machine's load): the weight gradient of one convolution grouped by example for 8 or more
+    # input channels per group, the patches product below that (measured on one core: 16→32
+    # channels 14×14, 1.7× faster grouped; 64→64 32×32, 2.6×; 3→64, 1.2× slower).
+    if mod.in_channels // mod.groups >= 8:
+        return _conv2d_sq_norms_grouped(mod, a, d)
+    return _conv2d_sq_norms_patches(mod, a, d)
+
+
+def _conv2d_sq_norms_grouped(mod: nn.Conv2d, a: torch.Tensor, d: torch.Tensor) -> dict:
+    # ∇W_i for every example i at once: the weight gradient of the layer's convolution run on the
+    # batch folded into channels, one group per example (and per group of the layer), as torch's
+    # own backward computes it, without the sum over examples.
+    if isinstance(mod.padding, str) or mod.padding_mode != "zeros":
+        a, padding = _conv2d_padded(mod, a), (0, 0)
+    else:
+        padding = mod.padding
+    n, c_out = a.shape[0], mod.out_channels
+    per_example = mod.weight.numel() + a[0].numel() + d[0].numel()
+    block = max(1, _BLOCK_ELEMENTS // per_example)
+    weight = []
+    for s in _chunks(n, block):
+        k = s.stop - s.start
+        w = torch.empty((k * c_out, *mod.weight.shape[1:]), dtype=d.dtype, device=d.device)
+        _, gw, _ = torch.ops.aten.convolution_backward(
+            d[s].reshape(1, k * c_out, *d.shape[2:]), a[s].reshape(1, -1, *a.shape[2:]), w, None,
+            mod.stride, padding, mod.dilation, False, [0, 0], k * mod.groups, [False, True, False])
+        weight.append(gw.reshape(k, -1).square().sum(1))
+    return {"weight": torch.cat(weight), "bias": d.sum((2, 3)).square().sum(1)}
+
+
+def _conv2d_sq_norms_patches(mod: nn.Conv2d, a: torch.Tensor, d: torch.Tensor) -> dict:
     # ∇W_i = δ_i (C_out × L) @ patches_i (L × C_in·kh·kw), per group. The patches are a strided
     # view of the padded input copied once by reshape: the same matrix as F.unfold, ~2× faster.
     a = _conv2d_padded(mod, a)

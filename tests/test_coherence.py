@@ -714,13 +714,38 @@ def test_a_shared_parameter_goes_to_the_fallback_once_and_an_unused_one_counts_z
     (dict(kernel_size=3, padding="same", padding_mode="reflect"), (2, 2)),  # reflect allows 1, not 2
     (dict(kernel_size=1, padding="valid", padding_mode="reflect"), (1, 1)),  # reflect allows none here
 ])
-def test_conv2d_closed_form_for_each_padding(conv, size):
+@pytest.mark.parametrize("c_in", [2, 8])  # both forms: patches below 8 input channels, grouped from 8
+def test_conv2d_closed_form_for_each_padding(conv, size, c_in):
     torch.manual_seed(5)
-    model = nn.Sequential(nn.Conv2d(2, 3, **conv), nn.Tanh(), nn.Flatten(), nn.LazyLinear(4))
-    x, y = torch.randn(7, 2, *size), torch.randint(0, 4, (7,))
+    model = nn.Sequential(nn.Conv2d(c_in, 3, **conv), nn.Tanh(), nn.Flatten(), nn.LazyLinear(4))
+    x, y = torch.randn(7, c_in, *size), torch.randint(0, 4, (7,))
     model(x)  # materialize the lazy layer
     got = model_m_coherence(model, x, y, chunk_size=7)
     assert got == pytest.approx(brute_force(copy.deepcopy(model), x, y), rel=1e-4)
+
+
+@pytest.mark.parametrize("conv", [
+    dict(in_channels=8, out_channels=6, kernel_size=3, padding=1),
+    dict(in_channels=16, out_channels=4, kernel_size=(3, 2), stride=(2, 1), dilation=(1, 2), groups=2, bias=False),
+    dict(in_channels=8, out_channels=8, kernel_size=2, stride=2, groups=8),
+    dict(in_channels=8, out_channels=3, kernel_size=3, padding="same", padding_mode="circular"),
+])
+def test_conv2d_grouped_and_patches_forms_agree(conv, monkeypatch):
+    """The two closed forms of a Conv2d's per-example squared norms give the same numbers, also
+    when the grouped one works through several blocks of examples."""
+    import cglib.coherence as coherence
+    torch.manual_seed(8)
+    mod = nn.Conv2d(**conv)
+    a = torch.randn(9, conv["in_channels"], 7, 6)
+    d = torch.randn_like(mod(a))
+    patches = coherence._conv2d_sq_norms_patches(mod, a, d)
+    picked = coherence._conv2d_sq_norms(mod, a, d)  # grouped from 8 input channels per group on
+    want = coherence._conv2d_sq_norms_grouped(mod, a, d) if conv["in_channels"] // mod.groups >= 8 else patches
+    assert all(torch.equal(picked[k], want[k]) for k in ("weight", "bias"))
+    monkeypatch.setattr(coherence, "_BLOCK_ELEMENTS", 2 * (mod.weight.numel() + a[0].numel() + d[0].numel()))
+    grouped = coherence._conv2d_sq_norms_grouped(mod, a, d)  # blocks of 2 examples, the last of 1
+    for key in ("weight", "bias"):
+        torch.testing.assert_close(grouped[key], patches[key], rtol=1e-5, atol=1e-6)
 
 
 def _per_example_norms(model, x, y):
