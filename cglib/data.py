@@ -4,7 +4,8 @@ Nothing here touches the network: a missing or damaged raw file is a `DataError`
 file and how to get it. Fashion-MNIST comes from Debian's dataset-fashion-mnist package
 (gzipped IDX files); MNIST likewise from IDX files placed under data/raw/mnist/; CIFAR-10 through
 torchvision's CIFAR10 class from data/raw/cifar10/; `synthetic` is generated (Gaussian class
-clusters) for tests.
+clusters) for tests. torch is imported inside the functions that use it: the Snakefile asks
+`missing_raw` at planning time, and a plan should not pay torch's ~2 s import.
 """
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ import gzip
 from pathlib import Path
 
 import numpy as np
-import torch
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = {
@@ -74,6 +74,24 @@ def _find_idx(dataset: str, raw_dir: str) -> dict[str, Path]:
             looked = ", ".join(str(d / (stem + "[.gz]")) for d in dirs)
             raise DataError(f"{stem}: not found (looked for {looked}); to get it: {HOW_TO_GET[dataset]}")
     return found
+
+
+def missing_raw(dataset: str, raw_dir: str = "") -> str | None:
+    """What a study's raw files lack, in one line naming the folder and how to get them, or None.
+    Looks for the files without reading them: a planning-time check (rules/common.smk), so a dry
+    run of a study whose data are absent says so before any job is planned."""
+    if dataset in ("fashion_mnist", "mnist"):
+        try:
+            _find_idx(dataset, raw_dir)
+        except DataError as err:
+            return str(err)
+    elif dataset == "cifar10":
+        root = Path(raw_dir or "data/raw/cifar10") / "cifar-10-batches-py"
+        lacking = [n for n in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch") if not (root / n).is_file()]
+        if lacking:
+            what = "not found" if not root.is_dir() else "lacks " + ", ".join(lacking)
+            return f"{root}/: {what}; to get it: {HOW_TO_GET['cifar10']}"
+    return None
 
 
 # ---------------------------------------------------------------------------- raw datasets
@@ -139,6 +157,8 @@ def _subset(n_total: int, n: int, rng: np.random.Generator) -> np.ndarray:
 
 def prepare(data_params: dict) -> dict:
     """The study's fixed training and test subsets, with normalisation statistics."""
+    import torch
+
     p = data_params
     raw = load_raw(p["dataset"], p["raw_dir"], p.get("synthetic"), p["seed"])
     rng = np.random.default_rng(p["seed"])
@@ -165,6 +185,8 @@ def prepare(data_params: dict) -> dict:
 def fixed_sample(n: int, size: int, seed: int, device="cpu") -> torch.Tensor:
     """Sorted indices of a seeded random subset of range(n) of `size` (all of it if size ≥ n):
     the same examples in every run of a study, whatever the run's own seed."""
+    import torch
+
     if size >= n:
         return torch.arange(n, device=device)
     gen = torch.Generator().manual_seed(seed)  # drawn on the CPU: the same examples on any device
@@ -173,6 +195,8 @@ def fixed_sample(n: int, size: int, seed: int, device="cpu") -> torch.Tensor:
 
 def to_float(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """uint8 images → normalised float32; float features pass through."""
+    import torch
+
     if x.dtype != torch.uint8:
         return x.float()
     shape = (1, -1, 1, 1)
@@ -181,6 +205,8 @@ def to_float(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Te
 
 def read_prepared(path: str | Path) -> dict:
     """The prepared file as written by the prepare stage; DataError naming it if it is damaged."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: prepared data not found; run the prepare stage first")
@@ -193,6 +219,8 @@ def read_prepared(path: str | Path) -> dict:
 
 def load_prepared(path: str | Path, device: str | torch.device = "cpu") -> dict:
     """Prepared file → dict with float x_train/x_test and int64 labels on `device`."""
+    import torch
+
     d = read_prepared(path)
     out = dict(d)
     mean, std = d["mean"].to(device), d["std"].to(device)

@@ -8,6 +8,7 @@ import sys
 from snakemake.utils import validate
 
 from cglib import config as cgconfig
+from cglib import data as cgdata
 from cglib import gpu as cggpu
 from cglib import cli as cgcli
 from cglib import tables as cgtables
@@ -31,6 +32,11 @@ validate(config, "../schemas/params.schema.yaml")  # Snakemake's own check too
 
 GRID = cgconfig.run_grid(P)
 PREPARED = f"data/prepared/{P['data']['dataset']}.pt"
+if not os.path.exists(PREPARED):  # raw files are read only to prepare: say so now, not at that job
+    _missing = cgdata.missing_raw(P["data"]["dataset"], P["data"]["raw_dir"])
+    if _missing:
+        sys.stderr.write(f"error: {_missing}\n")
+        sys.exit(1)
 RUN_DIR = "results/runs/{optimizer}_c{clip}_noise{noise}_seed{seed}"
 SUBSET_RUN_DIR = "results/runs/sgd_c0_{subset}_seed{seed}"
 MC_RUN_DIR = "results/runs/mc_sgd_c0_noise{noise}_seed{seed}"

@@ -91,3 +91,43 @@ def test_subset_larger_than_set_is_an_error():
     with pytest.raises(data.DataError, match="only"):
         data.prepare({"dataset": "synthetic", "raw_dir": "", "n_train": 10**6, "n_test": 0, "seed": 0,
                       "synthetic": {"n_train_total": 100, "n_test_total": 50}})
+
+
+def test_missing_raw_names_the_folder_and_how_to_get_the_files(tmp_path):
+    assert data.missing_raw("fashion_mnist") is None  # Debian's package
+    assert data.missing_raw("synthetic") is None
+    mnist = data.missing_raw("mnist", str(tmp_path / "mnist"))
+    assert mnist.startswith(f"train-images-idx3-ubyte: not found (looked for {tmp_path}/mnist/")
+    assert mnist.endswith("to get it: " + data.HOW_TO_GET["mnist"])
+    root = tmp_path / "c10"
+    assert data.missing_raw("cifar10", str(root)) == (
+        f"{root}/cifar-10-batches-py/: not found; to get it: {data.HOW_TO_GET['cifar10']}")
+    batches = root / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    for name in ("data_batch_1", "data_batch_2", "data_batch_3", "data_batch_5", "test_batch"):
+        (batches / name).write_bytes(b"x")
+    assert data.missing_raw("cifar10", str(root)).startswith(f"{batches}/: lacks data_batch_4; to get it")
+    (batches / "data_batch_4").write_bytes(b"x")
+    assert data.missing_raw("cifar10", str(root)) is None
+
+
+def test_a_dry_run_without_the_raw_files_says_so_in_one_line_and_writes_nothing(workdir):
+    """Snakemake plans nothing for a study whose raw data are absent (exit 1, README); with the
+    prepared file present the raw files are not needed and the plan goes on."""
+    import subprocess
+
+    from conftest import tool, venv_env
+
+    def dry():
+        return subprocess.run([tool("snakemake"), "-n", "--configfile", "studies/ws-cifar10.yaml"], cwd=workdir,
+                              capture_output=True, text=True, env=venv_env(), timeout=300)
+    before = sorted(p.name for p in workdir.iterdir())
+    proc = dry()
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: data/raw/cifar10/cifar-10-batches-py/: not found; to get it: " + data.HOW_TO_GET["cifar10"])
+    assert "rule " not in proc.stdout + proc.stderr
+    assert sorted(p.name for p in workdir.iterdir()) == before  # no results/, data/, .snakemake/
+    (workdir / "data" / "prepared").mkdir(parents=True)
+    torch.save({}, workdir / "data" / "prepared" / "cifar10.pt")  # complete as a file (planning checks that)
+    assert dry().returncode == 0
