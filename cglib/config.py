@@ -102,9 +102,23 @@ def _cross_checks(p: dict) -> None:
                           "training mode (resnet18, cnn) does not have; use an mlp")
     if p["model"]["name"] in BATCHNORM_MODELS and data["dataset"] == "synthetic":
         raise ParamsError(f"model.name: {p['model']['name']} needs an image dataset, not synthetic")
+    _noise_spellings(p)
     _difficulty_checks(p)
     _mc_checks(p)
     _replicate_checks(p)
+
+
+def _noise_spellings(p: dict) -> None:
+    """One spelling per noise level: run names and label files carry the level as written (DVC
+    interpolates the value as it reads it, 1.0 → "1.0", 1 → "1"), so a whole level written as a
+    decimal would name other files than the same level written plainly. The plain one is kept."""
+    levels = [(f"corrupt.noise[{i}]", v) for i, v in enumerate(p["corrupt"]["noise"])]
+    levels += [(f"replicates.cells[{i}].noise", c["noise"]) for i, c in enumerate(p["replicates"]["cells"])]
+    levels += [(f"mc.noise[{i}]", v) for i, v in enumerate(p["mc"]["noise"])]
+    for key, v in levels:
+        if isinstance(v, float) and v.is_integer():
+            raise ParamsError(f"{key}: write {v!r} as {int(v)} (run names and label files spell each noise "
+                              f"level one way)")
 
 
 def _replicate_checks(p: dict) -> None:

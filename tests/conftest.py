@@ -122,7 +122,7 @@ def tiny_params(**train) -> dict:
     return {"study": "tiny",
             "data": {"dataset": "synthetic", "n_train": 200, "n_test": 100,
                      "synthetic": {"dim": 10, "classes": 4, "n_train_total": 400, "n_test_total": 200}},
-            "corrupt": {"noise": [0.0, 0.5]}, "model": {"name": "mlp", "hidden": [32]}, "train": t,
+            "corrupt": {"noise": [0, 0.5]}, "model": {"name": "mlp", "hidden": [32]}, "train": t,
             "difficulty": {"seeds": [0, 1, 2], "lr": 0.05, "batch_size": 20, "max_steps": 300, "el2n_epoch": 2}}
 
 

@@ -47,7 +47,7 @@ def test_default_and_studies_are_valid():
 def test_defaults_are_filled():
     p = config.validate({})
     assert p["data"]["dataset"] == "fashion_mnist"
-    assert p["corrupt"]["noise"] == [0, 0.25, 0.5, 0.75, 1.0]
+    assert p["corrupt"]["noise"] == [0, 0.25, 0.5, 0.75, 1]
     assert p["train"]["optimizers"] == [{"name": "sgd", "clip": 0}]
 
 
@@ -143,6 +143,7 @@ SPELLINGS = {  # text appended to the tiny study's params → the message, or No
     "lr 1e-3 (a number in YAML 1.2, DVC's reading)": ("train:\n  lr: 1e-3\n", None),
     "integer written as a float": ("train:\n  steps: 60.0\n", "train.steps: 60.0 must be a whole number"),
     "seed list of floats": ("train:\n  seeds: [0.0]\n", "train.seeds[0]: 0.0 must be a whole number"),
+    "noise level 1 written 1.0": ("corrupt:\n  noise: [0.5, 1.0]\n", "corrupt.noise[1]: write 1.0 as 1"),
     "duplicated key": ("train:\n  lr: 0.1\n  lr: 0.2\n", "key 'lr' given twice"),
     "empty file": ("", "the params file is empty"),
     "YAML syntax error": ("train:\n  lr: [0.1\n", "not valid YAML"),
@@ -150,15 +151,16 @@ SPELLINGS = {  # text appended to the tiny study's params → the message, or No
 
 
 def spelled(tmp_path, text):
-    """The tiny study, every key spelled out (as DVC needs), with its train section replaced by
-    `text` (merged when it is a mapping)."""
+    """The tiny study, every key spelled out (as DVC needs), with the section `text` spells
+    (train or corrupt) replaced by it, merged key by key."""
     base = config.validate(tiny_params())
     if not text:
         path = tmp_path / "p.yaml"
         path.write_text("")
         return path
-    path = write_params(tmp_path / "p.yaml", {k: v for k, v in base.items() if k != "train"})
-    extra = "\n".join(f"  {k}: {v}" for k, v in base["train"].items() if f"  {k}:" not in text)
+    section = text.split(":")[0]  # the section `text` spells (train, or corrupt)
+    path = write_params(tmp_path / "p.yaml", {k: v for k, v in base.items() if k != section})
+    extra = "\n".join(f"  {k}: {v}" for k, v in base[section].items() if f"  {k}:" not in text)
     path.write_text(path.read_text() + text + extra.replace("'", '"') + "\n")
     return path
 

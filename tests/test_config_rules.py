@@ -173,6 +173,22 @@ def test_el2n_epoch_within_the_epochs_train_steps_cover():
 
 # ---------------------------------------------------------------------------- _mc_checks
 
+def test_whole_noise_levels_are_written_plainly_everywhere_a_level_is_named():
+    """1.0 and 1 would name different runs and label files in DVC: only the plain one is taken."""
+    accepted({"corrupt.noise": [0, 0.5, 1], "mc.noise": [1], "replicates.cells": [
+        {"name": "rm3", "clip": 0, "noise": 0}]})
+    assert refused({"corrupt.noise": [0, 0.5, 1.0]}) == (
+        "corrupt.noise[2]: write 1.0 as 1 (run names and label files spell each noise level one way)")
+    assert refused({"corrupt.noise": [0.0, 0.5]}).startswith("corrupt.noise[0]: write 0.0 as 0 ")
+    assert refused({"corrupt.noise": [0, 1], "mc.noise": [1.0]}).startswith("mc.noise[0]: write 1.0 as 1 ")
+    assert refused({"replicates.cells": [{"name": "rm3", "clip": 0, "noise": 0.0}]}).startswith(
+        "replicates.cells[0].noise: write 0.0 as 0 ")
+    names = [r["run"] for r in config.run_grid(with_({"corrupt.noise": [0, 0.5, 1], "mc.noise": [],
+                                                      "replicates.cells": []}), subsets=False)]
+    assert [n for n in names if n.endswith("seed0") and n.startswith("sgd_c0_")] == [
+        "sgd_c0_noise0_seed0", "sgd_c0_noise0.5_seed0", "sgd_c0_noise1_seed0"]
+
+
 def test_mc_noise_levels_must_be_corrupted():
     accepted({"mc.noise": [0, 0.5]})
     assert refused({"mc.noise": [0, 0.3, 0.4]}) == (
