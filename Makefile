@@ -8,7 +8,7 @@ FASHION := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 CORES  ?= all
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 # torch.compile'd kernels (winsorized, RM3/M3 medians) are cached here: only the first job of a
-# study pays the cold compile (~20 s), every later one ~4 s
+# study pays the cold compile (its cost: README, "Gradient variants")
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 SHELL := /bin/bash
 .SHELLFLAGS := -eo pipefail -c
@@ -87,6 +87,16 @@ $(BROWSER):
 	@if command -v chromium >/dev/null; then echo "using $$(command -v chromium)"; \
 	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; fi
+
+# The README's picture of the report: the first screen of $(REPORT) (the default study's page
+# after `make run`), as headless Chromium renders it at 1280 px
+REPORT ?= results/report.html
+SHOT   ?= docs/report.png
+.PHONY: screenshot
+screenshot: browser
+	test -f $(REPORT) || { echo "error: $(REPORT): no report yet; run make run first" >&2; exit 1; }
+	chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --user-data-dir=$$(mktemp -d) \
+	  --window-size=1280,1400 --screenshot=$(abspath $(SHOT)) "file://$(abspath $(REPORT))" 2>/dev/null
 
 clean:
 	rm -rf results data/prepared data/corrupt .snakemake

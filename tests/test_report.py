@@ -242,6 +242,21 @@ def test_report_renders_in_chromium(smoke, tmp_path):
     assert status and status.group(1) == "ok", status.group(1) if status else proc.stdout[:500]
 
 
+def test_make_screenshot_renders_the_report_s_first_screen(smoke, tmp_path):
+    """`make screenshot` (the README's picture) from a finished study's page: a 1280 × 1400 PNG."""
+    import struct
+
+    shot = tmp_path / "shot.png"
+    proc = subprocess.run(["make", "-s", "screenshot", f"REPORT={smoke / 'results' / 'report.html'}", f"SHOT={shot}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    head = shot.read_bytes()[:24]
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">II", head[16:24]) == (1280, 1400)
+    missing = subprocess.run(["make", "-s", "screenshot", f"REPORT={tmp_path / 'none.html'}", f"SHOT={shot}"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert missing.returncode != 0 and "none.html: no report yet; run make run first" in missing.stderr
+
+
 def test_no_external_url(smoke):
     html = (smoke / "results" / "report.html").read_text()
     assert not re.search(r"https?://|ftp://|\b(?:src|href)\s*=\s*[\"']?//|@import|url\(", html, re.I)
