@@ -33,10 +33,11 @@ dvc-repro: venv dataset
 # Mutation testing of one module (cosmic-ray's mutants, in copies of the checkout): only the tests
 # that tests/mutation_map.yaml lists for it; prints the score and each survivor as file:line,
 # writes them to results/mutants/<module>.txt; tests/mutants_equivalent.txt keeps the equivalent
-# ones. Without M: every module of the map, then the table results/mutants/summary.txt.
+# ones. Without M: every module of the map (FROM=<module>: from that one on), then the table
+# results/mutants/summary.txt.
 .PHONY: mutants
 mutants: venv
-	$(BIN)/python scripts/mutants.py $(if $(M),$(M),--all)
+	$(BIN)/python scripts/mutants.py $(if $(M),$(M),--all $(if $(FROM),--from $(FROM)))
 
 # On a machine with an NVIDIA GPU: the smoke study on CUDA and on the CPU, compared within the
 # tolerances stated in scripts/gpu_check.py (one line and exit 1 where there is no CUDA)

@@ -249,6 +249,19 @@ def mutate(module: str, trees: list[Path], tests: list[str], timeout: float,
     return results
 
 
+REPORT_HEAD = re.compile(r"^(\S+): (\d+) mutants, (\d+) killed, (\d+) equivalent .*, (\d+) survived: score ([\d.]+) %$")
+
+
+def previous_row(module: str, out: Path) -> dict:
+    """A module's table row from its last report (its first line), or a row saying it was not run."""
+    path = out / (module.removesuffix(".py").replace("/", ".") + ".txt")
+    head = REPORT_HEAD.match(path.read_text().splitlines()[0]) if path.is_file() else None
+    if not head or head.group(1) != module:
+        return dict(module=module)
+    n, killed, kept, survived = map(int, head.group(2, 3, 4, 5))
+    return dict(module=module, mutants=n, killed=killed, equivalent=kept, survived=survived, score=float(head.group(6)))
+
+
 def quote(arg: str) -> str:
     return arg if re.fullmatch(r"[\w./:=@+-]+", arg) else "'" + arg.replace("'", "'\\''") + "'"
 
@@ -277,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="where the reports go (default: <root>/results/mutants)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant's test run")
     parser.add_argument("--jobs", type=int, default=0, help="mutants tested at once (default: one per core)")
+    parser.add_argument("--from", dest="start", metavar="MODULE", help="with --all: start at this module of the map; "
+                        "the table takes the earlier modules' rows from their last reports")
     parser.add_argument("--warm", default=WARM, help="modules imported once, before the forks (comma-separated; "
                         "default: the heavy ones cglib's tests import)")
     args = parser.parse_args(argv)
@@ -286,8 +301,13 @@ def main(argv: list[str] | None = None) -> int:
     mapping, equivalent = root / "tests" / "mutation_map.yaml", root / "tests" / "mutants_equivalent.txt"
     out = args.out or root / "results" / "mutants"
     modules = list(yaml.safe_load(mapping.read_text())) if args.all else [args.module]
+    earlier = []
+    if args.start:
+        if not args.all or args.start not in modules:
+            parser.error(f"--from {args.start}: give it with --all, and a module of {mapping.name}")
+        earlier, modules = modules[:modules.index(args.start)], modules[modules.index(args.start):]
     warm(args.warm)
-    worst, rows = 0, []
+    worst, rows = 0, [previous_row(m, out) for m in earlier]
     for module in modules:
         code, row = run(module, root, out, args.timeout, mapping, equivalent, args.jobs)
         worst = max(worst, code)
@@ -295,8 +315,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
     if args.all:
         table = ["module                          mutants  killed  equivalent  survived  score"]
-        table += [f"{r['module']:<32}{r['mutants']:>7}{r['killed']:>8}{r['equivalent']:>12}{r['survived']:>10}"
-                  f"{r['score']:>6.1f} %" for r in rows]
+        table += [f"{r['module']:<32}" + (f"{r['mutants']:>7}{r['killed']:>8}{r['equivalent']:>12}{r['survived']:>10}"
+                  f"{r['score']:>6.1f} %" if "score" in r else "      -  (not run)") for r in rows]
         print("\n".join(table))
         (out / "summary.txt").write_text("\n".join(table) + "\n")
     return worst

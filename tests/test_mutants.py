@@ -68,6 +68,23 @@ def test_all_runs_every_mapped_module_and_writes_the_table(tmp_path):
     assert table[0].split() == ["module", "mutants", "killed", "equivalent", "survived", "score"]
     assert [r.split() for r in table[1:]] == [["tiny.py", "4", "2", "0", "2", "50.0", "%"],
                                              ["tiny2.py", "2", "2", "0", "0", "100.0", "%"]]  # 1 → 0 and 1 → 2
+    # --from: the run starts at tiny2.py; tiny.py's row comes from its report (its tests, now
+    # killing every mutant, are not run again), and a module without a report says so
+    (tmp_path / "tests" / "test_tiny.py").write_text(TESTS + "\n\ndef test_edges():\n    assert over(3, 3) and under(3, 3)"
+                                                     " and not over(2, 3) and not under(2, 3)\n")
+    again = subprocess.run([*MUTANTS, "--all", "--from", "tiny2.py", "--root", str(tmp_path), "--jobs", "1"],
+                           capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0, again.stdout + again.stderr
+    table = (tmp_path / "results" / "mutants" / "summary.txt").read_text().splitlines()
+    assert [r.split() for r in table[1:]] == [["tiny.py", "4", "2", "0", "2", "50.0", "%"],
+                                             ["tiny2.py", "2", "2", "0", "0", "100.0", "%"]]
+    (tmp_path / "results" / "mutants" / "tiny.txt").unlink()
+    subprocess.run([*MUTANTS, "--all", "--from", "tiny2.py", "--root", str(tmp_path), "--jobs", "1"],
+                   capture_output=True, text=True, timeout=120)
+    table = (tmp_path / "results" / "mutants" / "summary.txt").read_text().splitlines()
+    assert table[1].split() == ["tiny.py", "-", "(not", "run)"]
+    bad = subprocess.run([*MUTANTS, "--all", "--from", "nope.py", "--root", str(tmp_path)], capture_output=True, text=True)
+    assert bad.returncode == 2 and "--from nope.py: give it with --all, and a module of mutation_map.yaml" in bad.stderr
 
 
 def test_a_mutant_that_hangs_is_stopped_at_the_timeout_and_counts_as_killed(tmp_path):
