@@ -89,6 +89,12 @@ $(BROWSER):
 	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; fi
 
+# Two or more finished studies side by side (their results folders): one page and CSVs
+STUDIES ?=
+.PHONY: compare
+compare: venv
+	$(BIN)/python stages/compare.py $(STUDIES) --out results/compare
+
 # The README's picture of the report: the first screen of $(REPORT) (the default study's page
 # after `make run`), as headless Chromium renders it at 1280 px
 REPORT ?= results/report.html
