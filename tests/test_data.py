@@ -112,8 +112,9 @@ def test_missing_raw_names_the_folder_and_how_to_get_the_files(tmp_path):
 
 
 def test_a_dry_run_without_the_raw_files_says_so_in_one_line_and_writes_nothing(workdir):
-    """Snakemake plans nothing for a study whose raw data are absent (exit 1, README); with the
-    prepared file present the raw files are not needed and the plan goes on."""
+    """Snakemake still plans a study whose raw data are absent (exit 0: a plan on a login node is
+    useful) and says so in one line naming the folder and how to get the files; nothing is
+    built. With the prepared file present the raw files are not needed: no line."""
     import subprocess
 
     from conftest import tool, venv_env
@@ -121,13 +122,14 @@ def test_a_dry_run_without_the_raw_files_says_so_in_one_line_and_writes_nothing(
     def dry():
         return subprocess.run([tool("snakemake"), "-n", "--configfile", "studies/ws-cifar10.yaml"], cwd=workdir,
                               capture_output=True, text=True, env=venv_env(), timeout=300)
-    before = sorted(p.name for p in workdir.iterdir())
     proc = dry()
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines()[-1] == (
-        "error: data/raw/cifar10/cifar-10-batches-py/: not found; to get it: " + data.HOW_TO_GET["cifar10"])
-    assert "rule " not in proc.stdout + proc.stderr
-    assert sorted(p.name for p in workdir.iterdir()) == before  # no results/, data/, .snakemake/
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    said = [line for line in proc.stderr.splitlines() if "cifar" in line]
+    assert said == ["warning: data/raw/cifar10/cifar-10-batches-py/: not found; to get it: "
+                    + data.HOW_TO_GET["cifar10"] + " (the prepare job fails until then)"]
+    assert "rule prepare:" in proc.stdout + proc.stderr  # planned all the same
+    assert not (workdir / "results").exists() and not (workdir / "data").exists()
     (workdir / "data" / "prepared").mkdir(parents=True)
     torch.save({}, workdir / "data" / "prepared" / "cifar10.pt")  # complete as a file (planning checks that)
-    assert dry().returncode == 0
+    again = dry()
+    assert again.returncode == 0 and "cifar-10-batches-py" not in again.stderr
