@@ -1,6 +1,7 @@
 """stages/compare.py on two hand-made studies: the claims side by side (a claim one study lacks
 is "not measured" there), only the settings that differ, the headline numbers by model, variant
-and noise level, a page Chromium renders; one-line errors."""
+and noise level, a page Chromium renders; one-line errors. The stage runs in-process (it imports
+no torch; a process adds nothing here and would slow `make mutants` down)."""
 import json
 import re
 import subprocess
@@ -9,7 +10,26 @@ import pandas as pd
 import pytest
 
 from cglib import compare
-from conftest import run_stage
+from test_stage_units import stage
+
+MAIN = stage("compare")
+
+
+def run_stage(_name, *args, check=False):
+    """stages/compare.py's main in-process → (returncode, stdout, stderr) like a CompletedProcess."""
+    import contextlib
+    import io
+    from types import SimpleNamespace
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            MAIN([str(a) for a in args])
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+    if check:
+        assert code == 0, err.getvalue()
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def run_row(run, optimizer, clip, noise, seed, train, test, corrupt, lr=0.1, subset="full", status="ok"):
