@@ -22,11 +22,12 @@ def main(argv=None):
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(1) from None
     out = args.out.rstrip("/")
-    tables.write_text(compare.claims_table(studies).to_csv(index=False), f"{out}/compare.csv")
+    claims = compare.claims_table(studies)
+    tables.write_text(claims.to_csv(index=False), f"{out}/compare.csv")
     tables.write_text(compare.headline_table(studies).to_csv(index=False), f"{out}/headline.csv")
     tables.write_text(compare.settings_table(studies).to_csv(index=False), f"{out}/settings.csv")
     tables.write_text(compare.page(studies), f"{out}/compare.html")
-    print(f"{out}/compare.html: {len(studies)} studies, {compare.claims_table(studies)['id'].nunique()} claims")
+    print(f"{out}/compare.html: {len(studies)} studies, {claims['id'].nunique()} claims")
 
 
 if __name__ == "__main__":
