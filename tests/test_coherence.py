@@ -750,11 +750,13 @@ def test_conv2d_grouped_and_patches_forms_agree(conv, monkeypatch):
 
 def _per_example_norms(model, x, y):
     model.eval()
-    params = {k: p.detach() for k, p in model.named_parameters()}
+    params = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
+    frozen = {k: p.detach() for k, p in model.named_parameters() if not p.requires_grad}
     buffers = dict(model.named_buffers())
 
     def example_loss(ps, xi, yi):
-        return F.cross_entropy(functional_call(model, (ps, buffers), (xi[None],)), yi[None], reduction="sum")
+        out = functional_call(model, (ps, frozen, buffers), (xi[None],))
+        return F.cross_entropy(out, yi[None], reduction="sum")
 
     per = vmap(grad(example_loss), in_dims=(None, 0, 0))(params, x, y)
     return torch.cat([v.flatten(1) for v in per.values()], 1).double().square().sum(1)
@@ -797,6 +799,58 @@ def test_per_example_sq_norms_ask_for_no_parameter_gradient(monkeypatch):
     per_example_sq_norms(model, torch.randn(6, 10), torch.randint(0, 4, (6,)))
     params = {id(p) for p in model.parameters()}
     assert asked and not any(id(t) in params for t in asked)
+
+
+class _OneParameterEach(nn.Module):
+    """Layers that train their weight alone or their bias alone (bias=False, or one frozen), so
+    that a rule's weight norm handed over as the bias norm (or back) changes the result."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.bn = nn.Linear(10, 6, bias=False), nn.BatchNorm1d(6)
+        self.tokens, self.norm = nn.Linear(2, 4, bias=False), nn.LayerNorm(4, bias=False)
+        self.head = nn.Linear(4, 4)
+        self.bn.bias.requires_grad_(False)
+        self.head.weight.requires_grad_(False)  # the bias alone
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.5, 0.5), self.bn.bias.uniform_(-1, 1)
+
+    def forward(self, x):  # x: (N, 10)
+        h = torch.tanh(self.bn(self.lin(x))).reshape(len(x), 3, 2)
+        return self.head(self.norm(self.tokens(h)).mean(1))
+
+
+def test_per_example_sq_norms_of_layers_training_one_parameter():
+    from cglib.coherence import per_example_sq_norms
+    torch.manual_seed(10)
+    model = _OneParameterEach()
+    x, y = torch.randn(7, 10), torch.randint(0, 4, (7,))
+    want = _per_example_norms(copy.deepcopy(model), x, y)
+    torch.testing.assert_close(per_example_sq_norms(model, x, y, chunk_size=4), want, rtol=1e-5, atol=1e-8)
+
+
+class _SideBranch(nn.Module):
+    """A Linear whose output is computed and thrown away: the only tapped module never reaches
+    the loss, which flows through a parameter of the root module (measured by vmap)."""
+
+    def __init__(self):
+        super().__init__()
+        self.side, self.scale = nn.Linear(10, 4), nn.Parameter(torch.randn(10, 4))
+
+    def forward(self, x):
+        self.side(x)
+        return x @ self.scale
+
+
+def test_per_example_sq_norms_when_a_tapped_layer_never_reaches_the_loss():
+    """Its gradient is zero, so it adds nothing; the tap's anchor is then unused by the loss,
+    which autograd must be told is fine (allow_unused)."""
+    from cglib.coherence import per_example_sq_norms
+    torch.manual_seed(9)
+    model = _SideBranch()
+    x, y = torch.randn(5, 10), torch.randint(0, 4, (5,))
+    want = _per_example_norms(copy.deepcopy(model), x, y)
+    torch.testing.assert_close(per_example_sq_norms(model, x, y), want, rtol=1e-5, atol=1e-8)
 
 
 def test_model_coherence_stats_uses_the_statistics_as_they_are_by_default():
