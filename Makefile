@@ -79,7 +79,7 @@ $(FASHION):
 	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq dataset-fashion-mnist; fi
 
-# Headless Chromium for tests/test_report.py (renders results/report.html to PNG and PDF as a
+# Headless Chromium for tests/test_report.py (renders results/<study>/report.html to PNG and PDF as a
 # person would see it); Debian's package, installed once like the dataset.
 BROWSER := /usr/bin/chromium
 browser: $(BROWSER)
@@ -89,7 +89,8 @@ $(BROWSER):
 	else SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium; fi
 
-# Two or more finished studies side by side (their results folders): one page and CSVs
+# Two or more finished studies side by side (their names, or results folders): one page and CSVs
+# in results/compare/
 STUDIES ?=
 .PHONY: compare
 compare: venv
@@ -97,7 +98,7 @@ compare: venv
 
 # The README's picture of the report: the first screen of $(REPORT) (the default study's page
 # after `make run`), as headless Chromium renders it at 1280 px
-REPORT ?= results/report.html
+REPORT ?= results/default/report.html
 SHOT   ?= docs/report.png
 .PHONY: screenshot
 screenshot: browser
@@ -106,4 +107,4 @@ screenshot: browser
 	  --window-size=1280,1400 --screenshot=$(abspath $(SHOT)) "file://$(abspath $(REPORT))" 2>/dev/null
 
 clean:
-	rm -rf results data/prepared data/corrupt .snakemake
+	rm -rf results data/prepared .snakemake

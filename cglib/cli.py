@@ -54,6 +54,12 @@ def start(p: argparse.ArgumentParser, argv=None):
 _logger: logging.Logger | None = None
 
 
+def study_dir(params: dict) -> Path:
+    """results/<study>: the folder every output of a study lives in (the engines' and the stages'
+    default), so that studies of other names never overwrite each other."""
+    return Path("results") / params["study"]
+
+
 def fail(message: str, code: int = 1):
     """One line `error: …` on stderr and in the stage's log, then exit `code`."""
     if _logger is not None and _logger.handlers:

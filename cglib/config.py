@@ -49,6 +49,8 @@ def _one_line(err: jsonschema.ValidationError) -> str:
         return f"{key}: {err.instance!r} must be a whole number written without a decimal point"
     if err.validator == "enum":
         return f"{key}: {err.instance!r} is not one of {', '.join(map(str, err.validator_value))}"
+    if err.validator == "not" and "enum" in err.validator_value:
+        return f"{key}: {err.instance!r} is reserved (not one of {', '.join(err.validator_value['enum'])})"
     return f"{key}: {err.message}"
 
 

@@ -10,6 +10,8 @@ clusters) for tests. torch is imported inside the functions that use it: the Sna
 from __future__ import annotations
 
 import gzip
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +94,32 @@ def missing_raw(dataset: str, raw_dir: str = "") -> str | None:
             what = "not found" if not root.is_dir() else "lacks " + ", ".join(lacking)
             return f"{root}/: {what}; to get it: {HOW_TO_GET['cifar10']}"
     return None
+
+
+def raw_files(dataset: str, raw_dir: str = "") -> list[Path]:
+    """The raw files a study's data are read from (none for the generated `synthetic`)."""
+    if dataset in ("fashion_mnist", "mnist"):
+        return sorted(_find_idx(dataset, raw_dir).values())
+    if dataset == "cifar10":
+        root = Path(raw_dir or "data/raw/cifar10") / "cifar-10-batches-py"
+        return [root / n for n in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")]
+    return []
+
+
+def prepared_key(data_params: dict, code: bytes = b"") -> str:
+    """sha256 of what a prepared file is made of: the data section, each raw file's path, size and
+    modification time, this module's source, the caller's `code` and torch's version. Studies with
+    equal keys may share one prepared file; any change of these gives another key, so a shared
+    file is never stale (a touched raw file costs one more preparation, never a wrong one)."""
+    import torch
+
+    h = hashlib.sha256(json.dumps(data_params, sort_keys=True).encode())
+    for path in raw_files(data_params["dataset"], data_params["raw_dir"]):
+        st = path.stat() if path.exists() else None
+        h.update(f"\0{path.resolve()}\0{st and st.st_size}\0{st and st.st_mtime_ns}".encode())
+    for part in (Path(__file__).read_bytes(), code, torch.__version__.encode()):
+        h.update(b"\0" + hashlib.sha256(part).digest())
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------- raw datasets

@@ -1,5 +1,5 @@
-"""results/report.html: one self-contained page mirroring the papers' figures and tables, with
-the findings scorecard on top; the same figures as PNG and SVG files under results/plots/.
+"""results/<study>/report.html: one self-contained page mirroring the papers' figures and tables, with
+the findings scorecard on top; the same figures as PNG and SVG files under its plots/.
 
 Each section is present only when the study produced its data. Figures are embedded as base64
 PNG (dpi 100): a dense curve grid is a predictable ~100–200 KB as PNG, while inline SVG grows
@@ -328,7 +328,7 @@ def run_table(runs: pd.DataFrame, logs: dict) -> dict:
                      "steps": f"{r['steps_done']} / {r.get('steps', '?')}", "wall (s)": _num(wall, 1),
                      "device": device,
                      **{k: _num(r.get(f"{k}_accuracy")) for k in ("train", "test", "pristine", "corrupt")}})
-    return _table(pd.DataFrame(rows), caption="final accuracies; wall time and device from results/logs/train/")
+    return _table(pd.DataFrame(rows), caption="final accuracies; wall time and device from the study's logs/train/")
 
 
 PAPERS = {"CG": "CG — Coherent Gradients (ICLR 2020)",

@@ -31,17 +31,22 @@ config.update(P)
 validate(config, "../schemas/params.schema.yaml")  # Snakemake's own check too
 
 GRID = cgconfig.run_grid(P)
-PREPARED = f"data/prepared/{P['data']['dataset']}.pt"
+# Every output of the study lives under its own folder, so a study of another name (another
+# params file) never overwrites this one. The prepared data are shared between studies with
+# equal data sections by the prepare stage itself (stages/prepare.py: a store under data/prepared/).
+OUT = str(cgcli.study_dir(P))
+PREPARED = f"{OUT}/prepared.pt"
 if not os.path.exists(PREPARED):  # raw files are read only to prepare: say so now, not at that job
     _missing = cgdata.missing_raw(P["data"]["dataset"], P["data"]["raw_dir"])
     if _missing:  # a plan is still useful (a login node, a dry run); the prepare job stops a real run
         sys.stderr.write(f"warning: {_missing} (the prepare job fails until then)\n")
-RUN_DIR = "results/runs/{optimizer}_c{clip}_noise{noise}_seed{seed}"
-SUBSET_RUN_DIR = "results/runs/sgd_c0_{subset}_seed{seed}"
-MC_RUN_DIR = "results/runs/mc_sgd_c0_noise{noise}_seed{seed}"
-DIFFICULTY = "results/difficulty.parquet"
-VALIDATED = "results/params.ok"  # the validate stage's marker: first in the DAG
-SPLITS = "results/difficulty_splits.parquet"
+LABELS = f"{OUT}/corrupt/noise={{noise}}.parquet"
+RUN_DIR = f"{OUT}/runs/{{optimizer}}_c{{clip}}_noise{{noise}}_seed{{seed}}"
+SUBSET_RUN_DIR = f"{OUT}/runs/sgd_c0_{{subset}}_seed{{seed}}"
+MC_RUN_DIR = f"{OUT}/runs/mc_sgd_c0_noise{{noise}}_seed{{seed}}"
+DIFFICULTY = f"{OUT}/difficulty.parquet"
+VALIDATED = f"{OUT}/params.ok"  # the validate stage's marker: first in the DAG
+SPLITS = f"{OUT}/difficulty_splits.parquet"
 # every rule's software, for `--software-deployment-method conda` (relative to rules/)
 SOFTWARE = "../envs/cglib.yaml"
 
@@ -61,20 +66,20 @@ def stage_values(stage):
 
 
 def run_outputs():
-    return [f"results/runs/{r['run']}/{name}" for r in GRID
+    return [f"{OUT}/runs/{r['run']}/{name}" for r in GRID
             for name in ("metrics.parquet", "examples.parquet", "run.json")]
 
 
 def easyhard_outputs():
-    return [f"results/easyhard/seed={s}.parquet" for s in P["difficulty"]["seeds"]]
+    return [f"{OUT}/easyhard/seed={s}.parquet" for s in P["difficulty"]["seeds"]]
 
 
 def aggregate_outputs():
-    return [f"results/{name}" for name in cgtables.AGGREGATE_OUTPUTS]
+    return [f"{OUT}/{name}" for name in cgtables.AGGREGATE_OUTPUTS]
 
 
 def report_outputs():
-    return [f"results/{name}" for name in (*cgtables.REPORT_OUTPUTS, cgcli.SCORECARD)]
+    return [f"{OUT}/{name}" for name in (*cgtables.REPORT_OUTPUTS, cgcli.SCORECARD)]
 
 
 # The study page's figures are also marked for `snakemake --report`, in a category per
@@ -93,8 +98,8 @@ REPORT_CATEGORY = {
 
 
 def report_output(name):
-    """results/<name>, marked for Snakemake's report when it is a page, a table or a PNG."""
-    path = f"results/{name}"
+    """results/<study>/<name>, marked for Snakemake's report when it is a page, a table or a PNG."""
+    path = f"{OUT}/{name}"
     stem, ext = os.path.splitext(os.path.basename(name))
     if ext == ".svg":
         return path
@@ -128,7 +133,7 @@ def check_intact(paths):
 
 
 check_intact([PREPARED, DIFFICULTY, SPLITS, *easyhard_outputs(), *run_outputs(),
-              *(f"data/corrupt/noise={n}.parquet" for n in P["corrupt"]["noise"])])
+              *(LABELS.format(noise=n) for n in P["corrupt"]["noise"])])
 
 
 ##### cluster resources (profiles/slurm): estimated from the study's params #####

@@ -3,9 +3,9 @@ rule corrupt:
         params=ancient(PARAMS_FILE),
         data=PREPARED,
     output:
-        "data/corrupt/noise={noise}.parquet",
+        LABELS,
     log:
-        "results/logs/corrupt/noise={noise}.log",
+        f"{OUT}/logs/corrupt/noise={{noise}}.log",
     conda:
         SOFTWARE
     params:

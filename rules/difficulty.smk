@@ -5,16 +5,18 @@ rule difficulty:
     output:
         DIFFICULTY,
         SPLITS,
-        "results/difficulty_seeds.csv",
+        f"{OUT}/difficulty_seeds.csv",
     log:
-        "results/logs/difficulty.log",
+        f"{OUT}/logs/difficulty.log",
     conda:
         SOFTWARE
     params:
         values=stage_values("difficulty"),
+        out=lambda w, output: os.path.dirname(output[0]),  # the study's folder
+        easyhard=lambda w, input: os.path.dirname(input.easyhard[0]),
     resources:
         runtime=slurm("difficulty", "runtime"),
         mem_mb=slurm("difficulty", "mem_mb"),
         cpus_per_task=slurm("difficulty", "cpus_per_task"),
     shell:
-        "python stages/difficulty.py --params {input.params} --easyhard results/easyhard --out results --log {log}"
+        "python stages/difficulty.py --params {input.params} --easyhard {params.easyhard} --out {params.out} --log {log}"

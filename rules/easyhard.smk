@@ -3,9 +3,9 @@ rule easyhard:
         params=ancient(PARAMS_FILE),
         data=PREPARED,
     output:
-        "results/easyhard/seed={dseed}.parquet",
+        f"{OUT}/easyhard/seed={{dseed}}.parquet",
     log:
-        "results/logs/easyhard/seed={dseed}.log",
+        f"{OUT}/logs/easyhard/seed={{dseed}}.log",
     conda:
         SOFTWARE
     params:

@@ -4,7 +4,7 @@ rule prepare:
     output:
         PREPARED,
     log:
-        "results/logs/prepare.log",
+        f"{OUT}/logs/prepare.log",
     conda:
         SOFTWARE
     params:

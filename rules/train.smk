@@ -2,14 +2,14 @@ rule train:
     input:
         params=ancient(PARAMS_FILE),
         data=PREPARED,
-        labels="data/corrupt/noise={noise}.parquet",
+        labels=LABELS,
         difficulty=DIFFICULTY,
     output:
         metrics=f"{RUN_DIR}/metrics.parquet",
         examples=f"{RUN_DIR}/examples.parquet",
         run=f"{RUN_DIR}/run.json",
     log:
-        "results/logs/train/{optimizer}_c{clip}_noise{noise}_seed{seed}.log",
+        f"{OUT}/logs/train/{{optimizer}}_c{{clip}}_noise{{noise}}_seed{{seed}}.log",
     conda:
         SOFTWARE
     params:
@@ -38,7 +38,7 @@ rule train_subset:  # E6: plain SGD on e-train or h-train, clean labels
         examples=f"{SUBSET_RUN_DIR}/examples.parquet",
         run=f"{SUBSET_RUN_DIR}/run.json",
     log:
-        "results/logs/train/sgd_c0_{subset}_seed{seed}.log",
+        f"{OUT}/logs/train/sgd_c0_{{subset}}_seed{{seed}}.log",
     conda:
         SOFTWARE
     params:
@@ -60,13 +60,13 @@ rule train_mc:  # E7 in MC's conditions: the mc section's BatchNorm CNN, plain S
     input:
         params=ancient(PARAMS_FILE),
         data=PREPARED,
-        labels="data/corrupt/noise={noise}.parquet",
+        labels=LABELS,
     output:
         metrics=f"{MC_RUN_DIR}/metrics.parquet",
         examples=f"{MC_RUN_DIR}/examples.parquet",
         run=f"{MC_RUN_DIR}/run.json",
     log:
-        "results/logs/train/mc_sgd_c0_noise{noise}_seed{seed}.log",
+        f"{OUT}/logs/train/mc_sgd_c0_noise{{noise}}_seed{{seed}}.log",
     conda:
         SOFTWARE
     params:

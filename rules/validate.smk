@@ -9,7 +9,7 @@ rule validate:
     output:
         VALIDATED,
     log:
-        "results/logs/validate.log",
+        f"{OUT}/logs/validate.log",
     conda:
         SOFTWARE
     shell:

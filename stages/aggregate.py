@@ -1,4 +1,4 @@
-"""Stage aggregate: every run of the study → results/{metrics,runs,examples}.parquet,
+"""Stage aggregate: every run of the study → results/<study>/{metrics,runs,examples}.parquet,
 summary.json (DVC metrics) and the small CSVs of plots/ (DVC plots). The figures and the page
 are the report stage's."""
 import json
@@ -11,12 +11,16 @@ from cglib import cli, config, tables
 
 def main(argv=None):
     p = cli.parser(__doc__)
-    p.add_argument("--runs", default="results/runs", help="folder holding one folder per run")
-    p.add_argument("--out", default="results", help="folder for the aggregated tables")
-    p.add_argument("--difficulty", default="results/difficulty.parquet", help="difficulty stage's table")
-    p.add_argument("--difficulty-seeds", default="results/difficulty_seeds.csv",
-                   help="where each easy/hard run made its split (difficulty stage)")
+    p.add_argument("--out", default=None, help="folder for the aggregated tables (default: results/<study>)")
+    p.add_argument("--runs", default=None, help="folder holding one folder per run (default: <out>/runs)")
+    p.add_argument("--difficulty", default=None, help="difficulty stage's table (default: <out>/difficulty.parquet)")
+    p.add_argument("--difficulty-seeds", default=None,
+                   help="where each easy/hard run made its split (difficulty stage; default: <out>/difficulty_seeds.csv)")
     args, params, log = cli.start(p, argv)
+    out = Path(args.out or cli.study_dir(params))
+    args.runs = args.runs or out / "runs"
+    args.difficulty = args.difficulty or out / "difficulty.parquet"
+    args.difficulty_seeds = args.difficulty_seeds or out / "difficulty_seeds.csv"
     grid = config.run_grid(params)
     frames, runs, examples = [], [], []
 
@@ -39,12 +43,13 @@ def main(argv=None):
     examples_df = pd.concat(examples, ignore_index=True).astype(tables.EXAMPLE_COLUMNS)
     diff = cli.read_table(args.difficulty, "the difficulty stage", cli.REBUILD)
     hist = tables.histogram(diff, len(params["difficulty"]["seeds"]))
+    if not Path(args.difficulty_seeds).is_file():
+        cli.fail(f"{args.difficulty_seeds}: missing; run the difficulty stage")
     seeds = pd.read_csv(args.difficulty_seeds)
     e5 = tables.accuracy_by_difficulty(metrics)
     e6 = tables.cross_generalization(metrics)
     e8 = tables.score_correlations(metrics)
 
-    out = Path(args.out)
     tables.write_parquet(metrics, out / "metrics.parquet")
     tables.write_parquet(runs_df, out / "runs.parquet")
     tables.write_parquet(examples_df, out / "examples.parquet")

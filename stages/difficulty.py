@@ -1,6 +1,6 @@
-"""Stage difficulty: the K easy/hard tables → results/difficulty.parquet (W&S §4.3),
-results/difficulty_splits.parquet (e-train / e-test / h-train / h-test, W&S §4.2) and
-results/difficulty_seeds.csv (where each seed's split fell)."""
+"""Stage difficulty: the K easy/hard tables → results/<study>/difficulty.parquet (W&S §4.3),
+difficulty_splits.parquet (e-train / e-test / h-train / h-test, W&S §4.2) and
+difficulty_seeds.csv (where each seed's split fell)."""
 from pathlib import Path
 
 from cglib import cli, config, tables
@@ -9,9 +9,11 @@ from cglib.difficulty import PoolsTooSmall, cross_splits, histogram, merge_seeds
 
 def main(argv=None):
     p = cli.parser(__doc__)
-    p.add_argument("--easyhard", default="results/easyhard", help="folder of the easy/hard tables")
-    p.add_argument("--out", default="results", help="folder for the difficulty tables")
+    p.add_argument("--out", default=None, help="folder for the difficulty tables (default: results/<study>)")
+    p.add_argument("--easyhard", default=None, help="folder of the easy/hard tables (default: <out>/easyhard)")
     args, params, log = cli.start(p, argv)
+    args.out = args.out or cli.study_dir(params)
+    args.easyhard = args.easyhard or Path(args.out) / "easyhard"
     d = params["difficulty"]
     found = {}
     for s in d["seeds"]:

@@ -1,4 +1,4 @@
-"""Stage easyhard: one easy/hard classification run (W&S §4.2) → results/easyhard/seed=<s>.parquet.
+"""Stage easyhard: one easy/hard classification run (W&S §4.2) → results/<study>/easyhard/seed=<s>.parquet.
 
 Plain SGD on the clean training labels until training accuracy first reaches
 difficulty.threshold; the examples then classified correctly are easy, the rest hard."""

@@ -1,6 +1,6 @@
-"""Stage report: the aggregated tables → results/report.html (self-contained: the papers'
-figures and tables, the findings scorecard on top), results/findings.{json,csv}, and every
-figure of cglib.report.FIGURES as results/plots/<name>.png and .svg."""
+"""Stage report: the aggregated tables → results/<study>/report.html (self-contained: the papers'
+figures and tables, the findings scorecard on top), findings.{json,csv}, and every figure of
+cglib.report.FIGURES as plots/<name>.png and .svg, all in the study's folder."""
 import json
 import time
 from pathlib import Path
@@ -12,11 +12,13 @@ from cglib import cli, findings, report, tables
 
 def main(argv=None):
     p = cli.parser(__doc__)
-    p.add_argument("--results", default="results", help="folder of the aggregate stage's tables")
-    p.add_argument("--out", default="results", help="folder for report.html, findings.* and plots/")
+    p.add_argument("--out", default=None, help="folder for report.html, findings.* and plots/ "
+                   "(default: results/<study>)")
+    p.add_argument("--results", default=None, help="folder of the aggregate stage's tables (default: --out)")
     args, params, log = cli.start(p, argv)
     start = time.perf_counter()
-    res, out = Path(args.results), Path(args.out)
+    out = Path(args.out or cli.study_dir(params))
+    res = Path(args.results or out)
 
     def read(name, made_by="the aggregate stage"):
         return cli.read_table(res / name, made_by, cli.REBUILD)

@@ -1,6 +1,7 @@
 """Stage train: one run (noise × optimizer × seed, an E6 subset run, or with --mc an E7 run in
 MC's conditions) →
-results/runs/<run>/{metrics.parquet, examples.parquet, run.json}."""
+results/<study>/runs/<run>/{metrics.parquet, examples.parquet, run.json}; its checkpoint beside
+the runs folder, results/<study>/checkpoints/<run>.pt."""
 from pathlib import Path
 
 import pandas as pd
@@ -19,14 +20,15 @@ def main(argv=None):
     p.add_argument("--optimizer", required=True, choices=sorted(config.OPTIMIZER_NAMES))
     p.add_argument("--clip", type=int, default=0, help="winsorization level c")
     p.add_argument("--seed", type=int, required=True)
-    p.add_argument("--difficulty", default=None, help="results/difficulty.parquet: E5 accuracy by difficulty")
+    p.add_argument("--difficulty", default=None, help="the difficulty stage's table: E5 accuracy by difficulty")
     p.add_argument("--subset", default="full", choices=["full", "e-train", "h-train"],
                    help="E6: train on this part of the easy/hard split (needs --splits)")
     p.add_argument("--splits", default=None, help="cross-generalization splits (difficulty stage)")
     p.add_argument("--mc", action="store_true",
                    help="an E7 run in MC's conditions: the mc section's model, lr, momentum and steps, plain SGD")
     p.add_argument("--out", required=True, help="run folder to write")
-    p.add_argument("--checkpoint", default=None, help="checkpoint file (default results/checkpoints/<run>.pt)")
+    p.add_argument("--checkpoint", default=None,
+                   help="checkpoint file (default: checkpoints/<run>.pt beside the folder of --out)")
     args, params, log = cli.start(p, argv)
     if args.mc and (args.subset != "full" or args.optimizer != "sgd" or args.clip):
         cli.fail("--mc runs are plain SGD on the full training set (no --subset, --optimizer sgd --clip 0)", code=2)
@@ -84,7 +86,7 @@ def main(argv=None):
     labels = torch.tensor(examples["label"].to_numpy())  # a copy: Arrow buffers are read-only
     corrupt = torch.tensor(examples["corrupt"].to_numpy()) if args.subset == "full" else None
     difficulty = torch.tensor(examples["difficulty"].to_numpy()) if args.difficulty else None
-    ckpt = Path(args.checkpoint or f"results/checkpoints/{spec['run']}.pt")
+    ckpt = Path(args.checkpoint or Path(args.out).parent.parent / "checkpoints" / f"{spec['run']}.pt")
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     log(f"run {spec['run']} on {device}: {len(labels)} examples, {t['steps']} steps, "
         f"batch {t['batch_size']}, lr {t['lr']}")

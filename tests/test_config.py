@@ -195,9 +195,9 @@ def test_params_spellings_same_verdict_in_stages_snakemake_and_dvc(tmp_path, wor
                          timeout=300)
     said = dvc.stdout + dvc.stderr
     if message is None:
-        assert dvc.returncode == 0 and (workdir / "results" / "params.ok").is_file(), said[-2000:]
+        assert dvc.returncode == 0 and list((workdir / "results").glob("*/params.ok")), said[-2000:]
         return
-    assert dvc.returncode != 0 and not (workdir / "results" / "params.ok").exists(), said[-2000:]
+    assert dvc.returncode != 0 and not list(workdir.glob("results/*/params.ok")), said[-2000:]
     assert not (workdir / "dvc.lock").exists()
     if case in ("duplicated key", "YAML syntax error"):  # DVC's reader: file and line
         assert "params.yaml" in said and re.search(r"line \d+", said), said[-2000:]

@@ -236,3 +236,41 @@ def test_cifar10_arrays_are_channels_first(tmp_path, monkeypatch):
         assert raw[f"y_{split}"].dtype == np.int64 and raw[f"y_{split}"].tolist() == list(range(n))
     data.load_raw("cifar10")
     assert seen[-1] == ("data/raw/cifar10", False, False)
+
+
+def test_prepared_key_changes_with_every_input_of_the_prepared_file(tmp_path, monkeypatch):
+    """Equal data sections, raw files and code give one key (so studies share the file); a
+    change of any data key, of a raw file's size or time, of the code or of torch gives another
+    (so a shared file is never stale)."""
+    import os
+
+    write_set(tmp_path / "raw")
+    base = {"dataset": "mnist", "raw_dir": str(tmp_path / "raw"), "n_train": 2, "n_test": 0, "seed": 0,
+            "synthetic": {"dim": 20}}
+    key = data.prepared_key(base, b"stage")
+    assert len(key) == 64 and data.prepared_key(dict(reversed(list(base.items()))), b"stage") == key
+    others = [data.prepared_key({**base, "n_train": 3}, b"stage"), data.prepared_key({**base, "n_test": 1}, b"stage"),
+              data.prepared_key({**base, "seed": 1}, b"stage"),
+              data.prepared_key({**base, "synthetic": {"dim": 21}}, b"stage"),
+              data.prepared_key(base, b"stage2"), data.prepared_key(base)]
+    train_x = tmp_path / "raw" / data.IDX_FILES["train_x"]
+    os.utime(train_x, ns=(1, 1))
+    others.append(data.prepared_key(base, b"stage"))
+    train_x.write_bytes(train_x.read_bytes() + b"\0")
+    os.utime(train_x, ns=(1, 1))  # the same time, another size
+    others.append(data.prepared_key(base, b"stage"))
+    monkeypatch.setattr(torch, "__version__", "0.0")
+    others.append(data.prepared_key(base, b"stage"))
+    assert len({key, *others}) == len(others) + 1
+
+
+def test_raw_files_of_each_dataset(tmp_path):
+    write_set(tmp_path / "raw", gz=("test_x",))
+    assert data.raw_files("mnist", str(tmp_path / "raw")) == sorted(
+        tmp_path / "raw" / (v + (".gz" if k == "test_x" else "")) for k, v in data.IDX_FILES.items())
+    root = tmp_path / "c" / "cifar-10-batches-py"
+    assert data.raw_files("cifar10", str(tmp_path / "c")) == [root / f"data_batch_{i}" for i in range(1, 6)] + [
+        root / "test_batch"]
+    assert data.raw_files("synthetic") == []
+    with pytest.raises(data.DataError):
+        data.raw_files("mnist", str(tmp_path / "none"))

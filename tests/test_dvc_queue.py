@@ -10,7 +10,7 @@ from pathlib import Path
 
 from cglib import config
 from conftest import tiny_params, tool, venv_env, write_params
-OUTPUTS = ("results/metrics.parquet", "results/runs.parquet", "results/findings.json")
+OUTPUTS = ("results/tiny/metrics.parquet", "results/tiny/runs.parquet", "results/tiny/findings.json")
 EXPERIMENTS = {"lr05": "train.lr=0.05", "lr2": "train.lr=0.2"}
 
 

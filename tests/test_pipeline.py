@@ -48,7 +48,7 @@ def check_metrics(shown: str, res: Path) -> None:
 
     lines = [line.rstrip() for line in shown.strip().splitlines()]
     assert max(map(len, lines)) <= METRICS_WIDTH, shown
-    assert len(lines) == 2 and lines[1].startswith("results/scorecard.json"), shown
+    assert len(lines) == 2 and lines[1].startswith(f"{res.relative_to(res.parent.parent)}/scorecard.json"), shown
     table = dict(zip(lines[0].split(), lines[1].split()))
     verdicts = Counter(c["verdict"] for c in json.loads((res / "findings.json").read_text()).values())
     runs = pd.read_parquet(res / "runs.parquet")
@@ -71,7 +71,7 @@ def check_results(res: Path):
     assert (m.loc[m["run"] == mc.name, "metric"] == "m_coherence").any()
     assert runs.loc[runs["run"] == "sgd_c0_noise0.5_seed1", "seed"].tolist() == [1]  # the replicate
     # |p| and |c| of each run (windowed shares, proper accuracy) are its label table's
-    labels = pd.read_parquet(res.parent / "data" / "corrupt" / "noise=0.5.parquet")
+    labels = pd.read_parquet(res / "corrupt" / "noise=0.5.parquet")
     row = runs.set_index("run").loc["sgd_c0_noise0.5_seed0"]
     assert (row["n_pristine"], row["n_corrupt"]) == (int((~labels["corrupt"]).sum()), int(labels["corrupt"].sum()))
     assert row["n_corrupt"] > 0 and set(runs.loc[runs["subset"] != "full", "n_corrupt"]) == {0}
@@ -105,7 +105,7 @@ def check_results(res: Path):
     e6 = pd.read_csv(res / "plots" / "cross_generalization.csv")
     assert set(zip(e6["trained_on"], e6["evaluated_on"])) >= {
         (a, b) for a in ("e-train", "h-train") for b in ("e-test", "h-test", "test")}
-    labels = pd.read_parquet(res.parent / "data" / "corrupt" / "noise=0.5.parquet")
+    labels = pd.read_parquet(res / "corrupt" / "noise=0.5.parquet")
     assert len(labels) == 300 and labels["corrupt"].sum() + (~labels["corrupt"]).sum() == 300
     # train accuracy = pristine and corrupt accuracies weighted by their counts
     one = m[m["run"] == "sgd_c0_noise0.5_seed0"]
@@ -120,13 +120,20 @@ def check_results(res: Path):
     assert (res / "plots" / "learning_curves.png").stat().st_size > 10_000
 
 
+def tree_md5(folder: Path) -> dict:
+    """md5 of every file under a study's folder but its logs (which hold wall times)."""
+    return {str(p.relative_to(folder)): md5(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and "logs" not in p.relative_to(folder).parts}
+
+
 def test_smoke_study_snakemake_then_dvc(tmp_path, smoke_study):
     workdir = tmp_path / "study"  # the session's Snakemake run of the smoke study, copied with
     shutil.copytree(smoke_study, workdir, symlinks=True)  # its timestamps and Snakemake's records
     sh(["git", "init", "-q"], workdir)  # .dvc/ is there already, as in a clone
-    res = workdir / "results"
+    res = workdir / "results" / "smoke"
     check_results(res)
-    first = {p: md5(res / p) for p in ("metrics.parquet", "runs.parquet")}
+    alone = tree_md5(res)  # the smoke study built alone
+    first = {p: alone[p] for p in ("metrics.parquet", "runs.parquet")}
     assert "Nothing to be done" in sh([tool("snakemake"), "-n", "--configfile", "studies/smoke.yaml"], workdir)
     # a changed value re-runs the stages that read it and not the others: every rule takes the
     # params file as an ancient input (its values are the rules' params), validate as a plain one
@@ -150,29 +157,47 @@ def test_smoke_study_snakemake_then_dvc(tmp_path, smoke_study):
                               cwd=workdir, env=env, capture_output=True, text=True)
         assert fail.returncode == 1
         assert fail.stderr.strip().splitlines()[-1] == (
-            "error: results/runs/sgd_c0_noise0.5_seed0/metrics.parquet: damaged (not a complete Parquet "
-            "file); nothing was run or deleted. Delete it and rerun: rm results/runs/sgd_c0_noise0.5_seed0/"
+            "error: results/smoke/runs/sgd_c0_noise0.5_seed0/metrics.parquet: damaged (not a complete Parquet "
+            "file); nothing was run or deleted. Delete it and rerun: rm results/smoke/runs/sgd_c0_noise0.5_seed0/"
             "metrics.parquet && snakemake --cores all")
         assert {p: md5(res / p) for p in kept} == kept
     damaged.unlink()
     sh([tool("snakemake"), "--cores", "2", "--configfile", "studies/smoke.yaml"], workdir)
-    assert {p: md5(res / p) for p in first} == first
+    assert tree_md5(res) == alone
     assert "Nothing to be done" in sh([tool("snakemake"), "-n", "--configfile", "studies/smoke.yaml"], workdir)
 
-    # the same study through DVC, from nothing: identical tables
-    shutil.copy(workdir / "studies" / "smoke.yaml", workdir / "params.yaml")
-    for d in ("results", "data"):
-        shutil.rmtree(workdir / d)
+    # a second study in the same checkout, through DVC: the smoke study at another learning rate
+    # and under another name. It builds its own folder, shares the prepared data (equal data
+    # sections), and leaves the first study's folder as it was.
+    (workdir / "params.yaml").write_text(original.decode().replace("study: smoke\n", "study: smoke-b\n", 1)
+                                         .replace("  lr: 0.1\n", "  lr: 0.11\n", 1))
     sh([tool("dvc"), "repro"], workdir)
-    check_results(res)
-    assert {p: md5(res / p) for p in first} == first
+    other = workdir / "results" / "smoke-b"
+    assert tree_md5(res) == alone
+    assert "shared: data/prepared/fashion_mnist-" in (other / "logs" / "prepare.log").read_text()
+    assert (other / "prepared.pt").stat().st_ino == (res / "prepared.pt").stat().st_ino  # one file, linked
+    both = tree_md5(other)
+    assert set(both) == set(alone)  # the same outputs, every one
+    # what train.lr does not reach is the same bytes through either engine (the command lines
+    # are the same: tests/test_engines.py); E7's run in MC's conditions has the mc section's lr
+    same = ["prepared.pt", "params.ok", "difficulty.parquet", "difficulty_splits.parquet", "difficulty_seeds.csv",
+            *(p for p in alone if p.startswith(("corrupt/", "easyhard/", "runs/mc_")))]
+    assert len(same) == 12 and {p: both[p] for p in same} == {p: alone[p] for p in same}
+    assert both["runs/sgd_c0_noise0_seed0/metrics.parquet"] != alone["runs/sgd_c0_noise0_seed0/metrics.parquet"]
     # a finished build: the dry run plans nothing; the DVC metrics fit a terminal
     assert dry_run_stages(sh([tool("dvc"), "repro", "--dry", "--force-downstream"], workdir)) == []
-    check_metrics(sh([tool("dvc"), "metrics", "show"], workdir), res)
-    # and each engine then finds nothing to do (Snakemake with the file it ran with: every rule
-    # takes the params file as an input, so another file name is another input)
+    check_metrics(sh([tool("dvc"), "metrics", "show"], workdir), other)
+    # and each engine then finds nothing to do for its study (Snakemake with the file it ran
+    # with: every rule takes the params file as an input, so another file name is another input)
     assert "Nothing to be done" in sh([tool("snakemake"), "-n", "--configfile", "studies/smoke.yaml"], workdir)
     assert "up to date" in sh([tool("dvc"), "status"], workdir).lower()
+
+    # the two side by side: both studies' verdicts, and the one setting in which they differ
+    sh([PY, "stages/compare.py", "smoke", "smoke-b", "--out", "results/compare"], workdir)
+    claims = pd.read_csv(workdir / "results" / "compare" / "compare.csv")
+    assert set(claims["study"]) == {"smoke", "smoke-b"} and claims.groupby("study").size().nunique() == 1
+    settings = pd.read_csv(workdir / "results" / "compare" / "settings.csv")
+    assert settings["setting"].tolist() == ["lr"], settings
 
     # a typo'd key in a section no changed stage reads: DVC stops before touching anything
     lock = (workdir / "dvc.lock").read_bytes()
@@ -205,15 +230,16 @@ def test_stale_checkpoint_is_not_resumed_by_either_engine(workdir):
     sh(["git", "init", "-q"], workdir)
     sh([tool("dvc"), "init", "-q"], workdir)
     run = "sgd_c0_noise0.5_seed0"
-    train = [PY, "stages/train.py", "--params", "params.yaml", "--data", "data/prepared/synthetic.pt",
-             "--labels", "data/corrupt/noise=0.5.parquet", "--difficulty", "results/difficulty.parquet",
+    out = "results/tiny"  # the study's folder
+    train = [PY, "stages/train.py", "--params", "params.yaml", "--data", f"{out}/prepared.pt",
+             "--labels", f"{out}/corrupt/noise=0.5.parquet", "--difficulty", f"{out}/difficulty.parquet",
              "--noise", "0.5", "--optimizer", "sgd", "--clip", "0", "--seed", "0"]
-    ckpt, log = workdir / "results" / "checkpoints" / f"{run}.pt", workdir / "results" / "logs" / "train" / f"{run}.log"
-    inputs = {"snakemake": [tool("snakemake"), "--cores", "2", "data/corrupt/noise=0.5.parquet",
-                            "results/difficulty.parquet"],
+    ckpt, log = workdir / out / "checkpoints" / f"{run}.pt", workdir / out / "logs" / "train" / f"{run}.log"
+    inputs = {"snakemake": [tool("snakemake"), "--cores", "2", f"{out}/corrupt/noise=0.5.parquet",
+                            f"{out}/difficulty.parquet"],
               "dvc": [tool("dvc"), "repro", "corrupt", "difficulty"]}
     # the run and what it depends on (not the aggregate): the engine decides what is stale
-    finish = {"snakemake": [tool("snakemake"), "--cores", "2", f"results/runs/{run}/metrics.parquet"],
+    finish = {"snakemake": [tool("snakemake"), "--cores", "2", f"{out}/runs/{run}/metrics.parquet"],
               "dvc": [tool("dvc"), "repro", "train"]}
     for engine, (before, after) in (("snakemake", (0, 1)), ("dvc", (1, 0))):
         p = tiny_params(steps=1500, checkpoint_every=50, batch_size=30,
@@ -223,13 +249,13 @@ def test_stale_checkpoint_is_not_resumed_by_either_engine(workdir):
         p = config.validate(p)  # every key spelled out: DVC fills in no schema defaults
         write_params(workdir / "params.yaml", p)
         sh(inputs[engine], workdir)
-        kill_after([*train, "--out", f"results/runs/{run}", "--log", f"results/logs/train/{run}.log"], ckpt, workdir)
+        kill_after([*train, "--out", f"{out}/runs/{run}", "--log", f"{out}/logs/train/{run}.log"], ckpt, workdir)
         p["corrupt"]["seed"] = after
         write_params(workdir / "params.yaml", p)
         sh(finish[engine], workdir)
         text = log.read_text()
         assert "resumed" not in text, engine
-        assert f"starting afresh: checkpoint results/checkpoints/{run}.pt was made with other input labels" in text
+        assert f"starting afresh: checkpoint {out}/checkpoints/{run}.pt was made with other input labels" in text
         sh([*train, "--out", "ref", "--checkpoint", "ref.ckpt"], workdir)  # the same run, never killed
-        assert md5(workdir / "results" / "runs" / run / "metrics.parquet") == md5(workdir / "ref" / "metrics.parquet"), engine
+        assert md5(workdir / out / "runs" / run / "metrics.parquet") == md5(workdir / "ref" / "metrics.parquet"), engine
         assert not ckpt.exists()

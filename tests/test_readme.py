@@ -41,6 +41,9 @@ def test_the_readme_python_examples_run_on_a_finished_study(smoke_study, monkeyp
     blocks = re.findall(r"```python\n(.*?)```", README, re.S)
     assert blocks
     monkeypatch.chdir(smoke_study)
+    # the examples read the default study's folder; the finished study here is the smoke study
+    assert all('study = "results/default"' in code for code in blocks)
+    blocks = [code.replace('study = "results/default"', 'study = "results/smoke"') for code in blocks]
     for code in blocks:
         out = io.StringIO()
         with contextlib.redirect_stdout(out):

@@ -34,13 +34,13 @@ def chromium() -> str:
 def smoke(smoke_study) -> Path:
     """The smoke study through Snakemake (conftest.smoke_study, shared with tests/test_slurm.py);
     the report rule is part of its default target."""
-    assert (smoke_study / "results" / "report.html").is_file()
+    assert (smoke_study / "results" / "smoke" / "report.html").is_file()
     return smoke_study
 
 
 def tables(root: Path):
     params = config.load_params(root / STUDY)
-    res = root / "results"
+    res = root / "results" / params["study"]
     hist = histogram(pd.read_parquet(res / "difficulty.parquet"), len(params["difficulty"]["seeds"]))
     return (pd.read_parquet(res / "metrics.parquet"), pd.read_parquet(res / "runs.parquet"), hist,
             pd.read_csv(res / "difficulty_seeds.csv"), params)
@@ -77,10 +77,10 @@ def has_data(fig) -> bool:
 # ---------------------------------------------------------------------------- outputs and figures
 
 def test_stage_writes_every_declared_output_and_nothing_else(smoke, tmp_path):
-    res = smoke / "results"
+    res = smoke / "results" / "smoke"
     for name in report.OUTPUTS:
         assert (res / name).stat().st_size > (2_000 if name.startswith("plots/") else 100), name
-    run_stage("report", "--params", STUDY, "--results", "results", "--out", tmp_path / "out", cwd=smoke, check=True)
+    run_stage("report", "--params", STUDY, "--results", "results/smoke", "--out", tmp_path / "out", cwd=smoke, check=True)
     written = {str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*") if p.is_file()}
     assert written == {*report.OUTPUTS, cli.SCORECARD}  # the DVC metrics file is declared apart (not a figure)
     html = (res / "report.html").read_text()
@@ -228,7 +228,7 @@ def test_scorecard_groups_by_paper_in_claims_order_with_every_number():
 def test_report_renders_in_chromium(smoke, tmp_path):
     """PNG and PDF as a person would get them; the page's own check (every image decoded,
     every section with content) read back from the DOM; no JavaScript error on the console."""
-    url = (smoke / "results" / "report.html").as_uri()
+    url = (smoke / "results" / "smoke" / "report.html").as_uri()
     base = [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0"]
     shot, pdf = tmp_path / "report.png", tmp_path / "report.pdf"
@@ -247,7 +247,7 @@ def test_make_screenshot_renders_the_report_s_first_screen(smoke, tmp_path):
     import struct
 
     shot = tmp_path / "shot.png"
-    proc = subprocess.run(["make", "-s", "screenshot", f"REPORT={smoke / 'results' / 'report.html'}", f"SHOT={shot}"],
+    proc = subprocess.run(["make", "-s", "screenshot", f"REPORT={smoke / 'results' / 'smoke' / 'report.html'}", f"SHOT={shot}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     head = shot.read_bytes()[:24]
@@ -258,7 +258,7 @@ def test_make_screenshot_renders_the_report_s_first_screen(smoke, tmp_path):
 
 
 def test_no_external_url(smoke):
-    html = (smoke / "results" / "report.html").read_text()
+    html = (smoke / "results" / "smoke" / "report.html").read_text()
     assert not re.search(r"https?://|ftp://|\b(?:src|href)\s*=\s*[\"']?//|@import|url\(", html, re.I)
     assert not re.search(r"\bsrc\s*=\s*[\"'](?!data:)", html)  # every source inline
     assert "<script src" not in html and "<link" not in html
@@ -344,7 +344,7 @@ def test_snakemake_report_has_every_category(smoke):
     """`snakemake --report` on the finished smoke study: exit 0, one self-contained HTML holding
     every experiment's category and the page itself."""
     env = venv_env()
-    out = smoke / "results" / "snakemake-report.html"
+    out = smoke / "results" / "smoke" / "snakemake-report.html"
     proc = subprocess.run([str(BIN / "snakemake"), "--configfile", STUDY, "--report", str(out)], cwd=smoke,
                           env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -2,8 +2,10 @@
 cell of every table the page shows, which sections it has, the provenance block, and the stage's
 outputs and log line. Expected values are worked out by hand or with plain pandas from the same rows."""
 import re
+import shutil
 import subprocess
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
@@ -492,3 +494,13 @@ def test_stage_writes_its_outputs_and_logs_what_it_did(tmp_path, monkeypatch):
         stage.main(args)
         assert (out / "report.html").read_text() == "x" * chars
         assert f"/report.html: {mb} MB, 2 of 9 figures" in (tmp_path / "report.log").read_text()
+    # without folders: the study's own, results/st/, read and written
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(res, tmp_path / "results" / "st")
+    stage.main(["--params", "params.yaml", "--log", "default.log"])
+    assert seen["dir"] == Path("results/st/plots") and (tmp_path / "results" / "st" / "report.html").is_file()
+    # --out alone: the tables read from it too (not from the study's folder, gone now)
+    shutil.copytree(res, tmp_path / "third")
+    shutil.rmtree(tmp_path / "results")
+    stage.main(["--params", "params.yaml", "--out", "third", "--log", "default.log"])
+    assert seen["dir"] == Path("third/plots") and (tmp_path / "third" / cli.SCORECARD).is_file()

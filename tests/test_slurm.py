@@ -128,7 +128,7 @@ def test_smoke_study_through_the_slurm_plugin_matches_a_local_run(tmp_path, smok
 
     # the same bytes as the local run
     got, want = result_files(cluster), result_files(local)
-    assert "results/metrics.parquet" in want and "results/runs.parquet" in want
+    assert "results/smoke/metrics.parquet" in want and "results/smoke/runs.parquet" in want
     assert sorted(got) == sorted(want)
     assert [name for name in want if got[name] != want[name]] == []
 

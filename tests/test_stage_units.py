@@ -3,6 +3,7 @@ inputs (their subprocess runs are in test_data.py, test_difficulty.py, test_pipe
 output file against the library functions the stage glues together, the log lines, the exits."""
 import importlib.util
 import json
+import shutil
 import sys
 
 import numpy as np
@@ -46,17 +47,40 @@ def study(tmp_path):
 
 def test_prepare_stage_writes_the_prepared_file(study, capsys):
     params, p, tmp = study
-    stage("prepare")(["--params", str(params), "--out", str(tmp / "out.pt")])
-    got, want = torch.load(tmp / "out.pt", weights_only=True), data.prepare(p["data"])
+    store = tmp / "store"
+    stage("prepare")(["--params", str(params), "--out", str(tmp / "a" / "out.pt"), "--store", str(store)])
+    got, want = torch.load(tmp / "a" / "out.pt", weights_only=True), data.prepare(p["data"])
     assert set(got) == set(want) and all(
         torch.equal(got[k], want[k]) if torch.is_tensor(want[k]) else got[k] == want[k] for k in want)
-    assert log_lines(capsys)[-2:] == [f"{'dataset':<14} {'classes':>7} {'train':>7} {'test':>7}  input",
-                                      f"{'synthetic':<14} {4:>7} {40:>7} {10:>7}  (10,)"]
+    key = data.prepared_key(p["data"], (ROOT / "stages" / "prepare.py").read_bytes())
+    shared = store / f"synthetic-{key[:16]}.pt"
+    assert [f.name for f in store.iterdir()] == [shared.name]
+    assert (tmp / "a" / "out.pt").stat().st_ino == shared.stat().st_ino  # a link, not a copy
+    table = [f"{'dataset':<14} {'classes':>7} {'train':>7} {'test':>7}  input",
+             f"{'synthetic':<14} {4:>7} {40:>7} {10:>7}  (10,)"]
+    assert log_lines(capsys)[-3:] == [f"prepared into {shared}", *table]
+    # a second study with the same data section: the same file, not prepared again
+    stage("prepare")(["--params", str(params), "--out", str(tmp / "b" / "out.pt"), "--store", str(store)])
+    assert (tmp / "b" / "out.pt").stat().st_ino == shared.stat().st_ino and len(list(store.iterdir())) == 1
+    assert log_lines(capsys)[-3:] == [f"shared: {shared}, prepared earlier for an equal data section", *table]
+    # a damaged shared file is made again, not handed on
+    shared.write_bytes(shared.read_bytes()[:50])
+    stage("prepare")(["--params", str(params), "--out", str(tmp / "c" / "out.pt"), "--store", str(store)])
+    assert log_lines(capsys)[-3] == f"prepared into {shared}"
+    assert data.read_prepared(tmp / "c" / "out.pt")["y_train"].tolist() == want["y_train"].tolist()
+    # another data section: another file
+    p3 = tiny_params()
+    p3["data"].update(n_train=30, n_test=10)
+    stage("prepare")(["--params", str(write_params(tmp / "r.yaml", p3)), "--out", str(tmp / "d" / "out.pt"),
+                      "--store", str(store)])
+    assert len(list(store.iterdir())) == 2 and len(data.read_prepared(tmp / "d" / "out.pt")["y_train"]) == 30
+    assert not list(tmp.rglob("*.tmp"))
     p2 = tiny_params()
     p2["data"] = {"dataset": "mnist", "raw_dir": str(tmp / "raw"), "n_train": 100}
     with pytest.raises(SystemExit) as err:
-        stage("prepare")(["--params", str(write_params(tmp / "q.yaml", p2)), "--out", str(tmp / "no.pt")])
-    assert err.value.code == 1 and not (tmp / "no.pt").exists()
+        stage("prepare")(["--params", str(write_params(tmp / "q.yaml", p2)), "--out", str(tmp / "no.pt"),
+                          "--store", str(store)])
+    assert err.value.code == 1 and not (tmp / "no.pt").exists() and len(list(store.iterdir())) == 2
     assert log_lines(capsys)[-1].startswith(f"error: train-images-idx3-ubyte: not found (looked for {tmp}/raw/")
 
 
@@ -230,6 +254,37 @@ def test_aggregate_stage_gathers_every_run_and_digest(study, capsys):
     lines = log_lines(capsys)
     assert f"4 runs, {len(metrics)} metric rows → {out}/metrics.parquet" in lines
     assert "cross-generalization (E6, W&S §4.4):" in lines
+
+
+def test_stages_default_to_the_study_s_folder(study, capsys, monkeypatch):
+    """Without folders given, difficulty, aggregate and report read and write results/<study>/
+    (tiny here), each input where the stage before it wrote it; with --out only, under it."""
+    params, p, tmp = study
+    monkeypatch.chdir(tmp)
+    home = tmp / "results" / "tiny"
+    (home / "easyhard").mkdir(parents=True)
+    _easyhard_tables(home / "easyhard")
+    stage("difficulty")(["--params", str(params)])
+    assert {f.name for f in home.iterdir()} == {"easyhard", "difficulty.parquet", "difficulty_splits.parquet",
+                                                "difficulty_seeds.csv"}
+    for k, spec in enumerate(config.run_grid(p)):
+        _run_folder(home / "runs" / spec["run"], p, spec, k)
+    stage("aggregate")(["--params", str(params)])
+    assert all((home / name).is_file() for name in tables.AGGREGATE_OUTPUTS)
+    assert pd.read_parquet(home / "runs.parquet")["run"].tolist() == [s["run"] for s in config.run_grid(p)]
+    other = tmp / "elsewhere"
+    shutil.copytree(home, other)
+    for name in tables.AGGREGATE_OUTPUTS:
+        (other / name).unlink()
+    (other / "difficulty_seeds.csv").unlink()  # read from <out>, not from results/tiny
+    with pytest.raises(SystemExit) as err:
+        stage("aggregate")(["--params", str(params), "--out", str(other)])
+    assert err.value.code == 1 and log_lines(capsys)[-1] == (
+        f"error: {other}/difficulty_seeds.csv: missing; run the difficulty stage")
+    shutil.copy(home / "difficulty_seeds.csv", other)
+    stage("aggregate")(["--params", str(params), "--out", str(other)])
+    assert all((other / name).read_bytes() == (home / name).read_bytes() for name in tables.AGGREGATE_OUTPUTS)
+    capsys.readouterr()
 
 
 def test_aggregate_stage_names_a_missing_or_damaged_run_file(study, capsys):

@@ -69,15 +69,17 @@ def _fails(study, capsys, *args, code):
 
 
 def test_full_run_writes_its_three_files(study, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the default checkpoint lands in results/checkpoints/ here
+    monkeypatch.chdir(tmp_path)  # nothing lands in the working folder: the checkpoint goes beside the runs
     d = study["dir"]
     calls = []
-    out, log = _main(study, "--labels", d / "c.parquet", "--noise", "0.5", "--optimizer", "sgd", record=calls)
+    out, log = _main(study, "--labels", d / "c.parquet", "--noise", "0.5", "--optimizer", "sgd", record=calls,
+                     out="runs/sgd_c0_noise0.5_seed0")
     (params, data, labels, corrupt, spec), kw = calls[0]
     assert spec == dict(noise=0.5, optimizer="sgd", clip=0, seed=0, subset="full", run="sgd_c0_noise0.5_seed0")
     assert labels.tolist() == study["lab"]["label"].tolist() and corrupt.tolist() == study["lab"]["corrupt"].tolist()
-    assert kw["checkpoint"] == Path("results/checkpoints/sgd_c0_noise0.5_seed0.pt")
-    assert (tmp_path / "results" / "checkpoints").is_dir() and kw["difficulty"] is None and kw["tests"] == {}
+    assert kw["checkpoint"] == d / "checkpoints" / "sgd_c0_noise0.5_seed0.pt"
+    assert (d / "checkpoints").is_dir() and not list(tmp_path.iterdir())
+    assert kw["difficulty"] is None and kw["tests"] == {}
     assert kw["inputs"] == {"data": tables.file_digest(d / "d.pt"), "labels": tables.file_digest(d / "c.parquet")}
 
     m = pd.read_parquet(out / "metrics.parquet")
