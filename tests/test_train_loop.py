@@ -1,6 +1,7 @@
 """cglib.train in-process, on hand-made inputs and tiny runs (an MLP of 8 units, a few steps):
 schedules, batches, optimizer, device options, evaluation rows, checkpoints, and the loop
 against a plain reference loop written out here."""
+import copy
 import math
 
 import pytest
@@ -154,6 +155,19 @@ def test_evaluate_without_corrupt_examples_or_mask():
     assert rows[-1]["value"] == pytest.approx(0.5 - 1.0)
     rows = evaluate(torch.nn.Identity(), dict(run, corrupt_eval=None, difficulty_eval=None))
     assert [r["split"] for r in rows] == ["train", "train", "test", "test", "train"]
+
+
+def test_evaluate_with_every_example_corrupt():
+    """No pristine example (all labels changed): no pristine rows, and the corrupt rows after
+    them are still written."""
+    run = dict(x_eval=torch.tensor([[1., 0.], [0., 1.]]), y_eval=torch.tensor([0, 0]),
+               corrupt_eval=torch.tensor([True, True]), tests={"test": (torch.tensor([[1., 0.]]), torch.tensor([0]))},
+               noise=1.0, num_classes=2, difficulty_eval=None)
+    rows = evaluate(torch.nn.Identity(), run)
+    assert [(r["split"], r["metric"]) for r in rows] == [
+        ("train", "accuracy"), ("train", "loss"), ("corrupt", "accuracy"), ("corrupt", "loss"),
+        ("test", "accuracy"), ("test", "loss"), ("train", "overfit")]
+    assert [r["value"] for r in rows if r["metric"] == "accuracy"] == [0.5, 0.5, 1.0]
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -477,3 +491,67 @@ def test_channels_last_layout_changes_no_number(monkeypatch):
     assert [key(r) for r in cl["rows"]] == [key(r) for r in plain["rows"]]
     assert {"e-test", "test", "train"} <= {r["split"] for r in cl["rows"]}
     assert [r["value"] for r in cl["rows"]] == pytest.approx([r["value"] for r in plain["rows"]], rel=1e-5)
+
+
+def test_every_part_of_the_fingerprint_starts_a_run_afresh(tmp_path, monkeypatch):
+    """A checkpoint is resumed only if every param that reaches the run, the run itself, the
+    device options and each input file's digest are as they were; a change of any one starts
+    afresh, and the log names exactly that part."""
+    import cglib.train as train_mod
+    p, inputs = _params(), {"data": "d1", "labels": "l1"}
+    ckpt, saved = tmp_path / "r.pt", tmp_path / "saved.pt"
+    with pytest.raises(Killed):
+        _run(p, checkpoint=ckpt, log=_kill_at(4), inputs=inputs)
+    saved.write_bytes(ckpt.read_bytes())
+
+    def other(key, value):
+        q = copy.deepcopy(p)
+        section, _, name = key.rpartition(".")
+        q[section][name] = value
+        return q
+    real_options = train_mod.device_options
+    cases = {  # the part the log names: (params, spec change, inputs, device options' extra)
+        "params.train": (other("train.lr", 0.3), {}, inputs, {}),
+        "params.model": (other("model.hidden", [9]), {}, inputs, {}),
+        "params.data": (other("data.n_test", 7), {}, inputs, {}),
+        "params.difficulty.el2n_epoch": (other("difficulty.el2n_epoch", p["difficulty"]["el2n_epoch"] + 1), {}, inputs, {}),
+        "params.difficulty.seeds": (other("difficulty.seeds", [0, 1, 2, 3]), {}, inputs, {}),
+        "run": (p, {"noise": 0.3}, inputs, {}),
+        "device": (p, {}, inputs, {"name": "another card"}),
+        "input data": (p, {}, {"data": "d2", "labels": "l1"}, {}),
+        "input splits": (p, {}, {**inputs, "splits": "s1"}, {}),
+    }
+    for key, (q, spec, ins, extra) in cases.items():
+        monkeypatch.setattr(train_mod, "device_options", lambda *a, extra=extra: {**real_options(*a), **extra})
+        ckpt.write_bytes(saved.read_bytes())
+        out, logs = _run(q, spec, checkpoint=ckpt, inputs=ins)
+        assert f"starting afresh: checkpoint {ckpt} was made with other {key}" in logs, (key, logs[:3])
+        assert out["steps_done"] == 7 and min(r["step"] for r in out["rows"]) == 0, key
+    monkeypatch.setattr(train_mod, "device_options", real_options)
+    ckpt.write_bytes(saved.read_bytes())
+    _, logs = _run(p, checkpoint=ckpt, inputs=dict(reversed(list(inputs.items()))))  # all as it was
+    assert f"resumed from {ckpt} at step 3" in logs
+
+
+def test_each_variant_s_rows_name_its_experiment():
+    """E1 plain SGD, E3 winsorized SGD, E4 the robust means (W&S §3); E6 any subset run."""
+    labels = {}
+    for name, clip in (("sgd", 0), ("winsorized", 1), ("m3", 0), ("rm3", 0), ("ra3", 0)):
+        out, _ = _run(_params(steps=0, batch_size=21), {"optimizer": name, "clip": clip})
+        labels[name] = {r["experiment"] for r in out["rows"] if r["split"] in ("train", "test")}
+    assert labels == {"sgd": {"E1"}, "winsorized": {"E3"}, "m3": {"E4"}, "rm3": {"E4"}, "ra3": {"E4"}}
+
+
+def test_the_score_probe_sees_every_training_batch_as_it_is_presented(monkeypatch):
+    """E8 records each example's output when its minibatch is presented (cglib.probes.ScoreProbe):
+    the training forward pass of every step is captured, with that step's batch."""
+    from cglib.probes import ScoreProbe
+    seen, real = [], ScoreProbe.capture
+
+    def capture(self, model, idx):
+        seen.append(idx.tolist())
+        return real(self, model, idx)
+    monkeypatch.setattr(ScoreProbe, "capture", capture)
+    _run(_params(steps=4))
+    cache = {}
+    assert seen == [batch_indices(k, N, B, 3, cache, torch.device("cpu")).tolist() for k in range(4)]
