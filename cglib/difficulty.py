@@ -26,7 +26,6 @@ from cglib.train import batch_indices, per_example
 # seed 0 and training seed 0 do not start from the same weights: a shared start would tie the
 # difficulty of an example to the very run whose accuracy by difficulty (E5) is measured.
 SEED_OFFSET = 100_000
-SUBSETS = ("e-train", "e-test", "h-train", "h-test")
 
 
 class ThresholdNotReached(RuntimeError):

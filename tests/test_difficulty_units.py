@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from cglib import config
 from cglib.data import make_synthetic
-from cglib.difficulty import (SEED_OFFSET, PoolsTooSmall, ThresholdNotReached, classify_easy_hard,
-                              cross_splits, easyhard_frame, merge_seeds, pools, seed_summary)
+from cglib.difficulty import (PoolsTooSmall, ThresholdNotReached, classify_easy_hard, cross_splits,
+                              easyhard_frame, merge_seeds, pools, seed_summary)
 from cglib.models import build_model
 from cglib.train import batch_indices, per_example
 from conftest import tiny_params
@@ -29,6 +29,9 @@ def _params(**d):
     p["model"] = {"name": "mlp", "hidden": [8]}
     p["difficulty"].update(dict(lr=0.5, batch_size=10, threshold=0.5, max_steps=25), **d)
     return p
+
+
+SEED_OFFSET = 100_000  # the README's: easy/hard seed s starts from torch.manual_seed(100,000 + s)
 
 
 def _twin(params, data, seed, steps):
@@ -149,6 +152,9 @@ def test_cross_splits_draw_from_each_pool_with_the_split_seed():
     assert list(zip(s["example"], s["subset"])) == want
     s3 = cross_splits(diff, _split(pool_size=4, split_ratio=3))
     assert s3["subset"].tolist() == ["e-train"] * 3 + ["e-test"] + ["h-train"] * 3 + ["h-test"]
+    assert s3.index.tolist() == list(range(8))  # one table, not the four parts' indices
+    narrow = cross_splits(diff.astype({"example": "int32"}), _split())  # whatever the input's ids
+    assert [str(t) for t in narrow.dtypes] == ["int64", "string"] and narrow["example"].tolist() == s["example"].tolist()
 
 
 def test_cross_splits_sizes_on_both_sides_of_each_bound():
@@ -161,6 +167,9 @@ def test_cross_splits_sizes_on_both_sides_of_each_bound():
     # 6 = 5 train + 1 test; 5 gives no test example
     assert cross_splits(diff, _split(pool_size=6), min_train=5)["subset"].value_counts().to_dict() == {
         "e-train": 5, "e-test": 1, "h-train": 5, "h-test": 1}
+    # by default one training example is enough: 1:1 of 2 gives 1 train and 1 test
+    assert cross_splits(diff, _split(pool_size=2, split_ratio=1))["subset"].tolist() == [
+        "e-train", "e-test", "h-train", "h-test"]
     with pytest.raises(PoolsTooSmall, match="gives 5 train and 0 test"):
         cross_splits(diff, _split(pool_size=5))
     with pytest.raises(PoolsTooSmall) as err:
