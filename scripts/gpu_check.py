@@ -48,13 +48,13 @@ def run_study(folder: Path, device: str, cores: int) -> Path:
     (folder / "study.yaml").write_text("\n".join(lines) + "\n")
     bin_dir = Path(sys.executable).parent
     env = dict(os.environ, PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    cmd = [str(bin_dir / "snakemake"), "results/metrics.parquet", "results/runs.parquet", "--cores", str(cores),
+    cmd = [str(bin_dir / "snakemake"), "results/smoke/metrics.parquet", "results/smoke/runs.parquet", "--cores", str(cores),
            "--configfile", "study.yaml"]  # last: --configfile takes every word after it
     print(f"gpu-check: the smoke study on {device} in {folder}", flush=True)
     proc = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        sys.exit(f"gpu-check: snakemake failed on {device} (logs in {folder}/results/logs):\n{proc.stderr[-3000:]}")
-    return folder / "results"
+        sys.exit(f"gpu-check: snakemake failed on {device} (logs in {folder}/results/smoke/logs):\n{proc.stderr[-3000:]}")
+    return folder / "results" / "smoke"
 
 
 def devices_used(results: Path) -> set[str]:
