@@ -19,6 +19,7 @@ QUIET_PIP := 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 
 run: venv dataset
 	$(BIN)/snakemake --cores $(CORES)
+	@echo "the study's page: results/$$(sed -n 's/^study: *//p' params.yaml)/report.html"
 
 # two workers: most tests wait on a subprocess (a stage, an engine), so two run side by side
 test: venv dataset browser
