@@ -128,7 +128,7 @@ def check_intact(paths):
         why = cgtables.damage(path)
         if why:
             sys.stderr.write(f"error: {path}: damaged ({why}); nothing was run or deleted. "
-                             f"Delete it and rerun: rm {path} && snakemake --cores all\n")
+                             f"Delete it and rebuild it: rm {path} && snakemake --cores all {path}\n")
             sys.exit(1)
 
 

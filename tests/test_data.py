@@ -129,7 +129,7 @@ def test_a_dry_run_without_the_raw_files_says_so_in_one_line_and_writes_nothing(
                     + data.HOW_TO_GET["cifar10"] + " (the prepare job fails until then)"]
     assert "rule prepare:" in proc.stdout + proc.stderr  # planned all the same
     assert not (workdir / "results").exists() and not (workdir / "data").exists()
-    (workdir / "data" / "prepared").mkdir(parents=True)
-    torch.save({}, workdir / "data" / "prepared" / "cifar10.pt")  # complete as a file (planning checks that)
+    (workdir / "results" / "ws-cifar10").mkdir(parents=True)
+    torch.save({}, workdir / "results" / "ws-cifar10" / "prepared.pt")  # complete as a file (planning checks that)
     again = dry()
     assert again.returncode == 0 and "cifar-10-batches-py" not in again.stderr
