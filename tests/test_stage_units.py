@@ -231,6 +231,8 @@ def test_aggregate_stage_gathers_every_run_and_digest(study, capsys):
     out = tmp / "results"
     stage("aggregate")(["--params", str(params), "--runs", str(tmp / "runs"), "--out", str(out),
                         "--difficulty", str(tmp / "difficulty.parquet"), "--difficulty-seeds", str(tmp / "seeds.csv")])
+    written = sorted(str(f.relative_to(out)) for f in out.rglob("*") if f.is_file())
+    assert written == sorted(tables.AGGREGATE_OUTPUTS)  # what both engines declare, nothing else
     metrics = pd.concat(frames, ignore_index=True).astype(tables.METRIC_COLUMNS)
     pd.testing.assert_frame_equal(pd.read_parquet(out / "metrics.parquet"), metrics)
     runs_df = pd.DataFrame(runs)

@@ -450,3 +450,45 @@ def test_read_error_names_its_first_line_or_its_type(tmp_path, monkeypatch):
 def test_share_crossing_rounds_f_pristine_at_step_0_to_four_digits():
     m = frame([M(experiment="E2", metric="f_pristine", step=s, value=v) for s, v in ((0, 0.123456), (1, 0.2))])
     assert tables.share_crossings(m, hold=1)["r"]["real"] == {"f_pristine_at_0": 0.1235, "crossing_step": 0}
+
+
+def test_the_tables_columns_are_design_s_in_its_order():
+    """The results schema, spelled out here rather than read from tables.METRIC_COLUMNS (a
+    column dropped or two swapped there would pass a test that reads it back)."""
+    assert list(tables.METRIC_COLUMNS.items()) == [
+        ("run", "string"), ("experiment", "string"), ("dataset", "string"), ("model", "string"),
+        ("optimizer", "string"), ("clip", "Int64"), ("noise", "float64"), ("seed", "int64"), ("subset", "string"),
+        ("step", "int64"), ("epoch", "float64"), ("split", "string"), ("metric", "string"), ("layer", "string"),
+        ("null", "int64"), ("value", "float64")]
+    assert tables.ROW_DEFAULTS == {"layer": "all", "null": -1, "subset": "full"}
+    assert list(tables.EXAMPLE_COLUMNS.items()) == [
+        ("run", "string"), ("example", "int64"), ("label_clean", "int64"), ("label", "int64"), ("corrupt", "bool"),
+        ("difficulty", "Int64"), ("forgetting_events", "float64"), ("first_learned_epoch", "float64"),
+        ("cumulative_accuracy", "float64"), ("confidence", "float64"), ("variability", "float64"),
+        ("aum", "float64"), ("el2n", "float64"), ("grand", "float64")]
+
+
+def test_report_figures_agree_with_the_snakefile_s_categories_and_captions():
+    """Each figure has its Snakemake report category and caption; its placeholder names the same
+    experiment as its category (a text handed to a neighbour would not)."""
+    import re
+
+    from conftest import ROOT
+    smk = (ROOT / "rules" / "common.smk").read_text()
+    block = smk[smk.index("REPORT_CATEGORY = {"):smk.index("}", smk.index("REPORT_CATEGORY = {"))]
+    category = dict(re.findall(r'"(\w+)": "(E\d) ', block))
+    assert set(tables.REPORT_FIGURES) == set(category) and len(category) == 9
+    for name, text in tables.REPORT_FIGURES.items():
+        assert f"({category[name]}" in text or f"({category[name]}," in text, name
+        assert ("layer" in text) == name.endswith("layers") and (ROOT / "report" / "captions" / f"{name}.rst").is_file()
+    assert tables.REPORT_OUTPUTS == ("report.html", "findings.json", "findings.csv",
+                                     *(f"plots/{n}.{e}" for n in tables.REPORT_FIGURES for e in ("png", "svg")))
+
+
+def test_writers_make_folders_drop_the_index_and_write_sorted_indented_json(tmp_path):
+    df = pd.DataFrame({"a": [1, 2]}, index=[5, 7])
+    tables.write_parquet(df, tmp_path / "x" / "y" / "t.parquet")  # folders made on the way
+    back = pd.read_parquet(tmp_path / "x" / "y" / "t.parquet")
+    assert list(back.columns) == ["a"] and back.index.tolist() == [0, 1]
+    tables.write_json({"b": 1, "a": [1.5]}, tmp_path / "j" / "s.json")
+    assert (tmp_path / "j" / "s.json").read_text() == '{\n  "a": [\n    1.5\n  ],\n  "b": 1\n}\n'
