@@ -112,9 +112,15 @@ def test_labels_name_the_folder_where_two_studies_share_a_name(two, tmp_path):
     assert compare.load_study(mixed)["name"] == "d"  # no single study name in the table: the folder's
 
 
-def test_page_lists_both_studies_and_renders_in_chromium(two, tmp_path):
+def chromium_dom(page, profile) -> subprocess.CompletedProcess:
+    """The page's DOM as headless Chromium leaves it once its script has run."""
     from test_report import chromium
+    return subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={profile}",
+                           "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+                          capture_output=True, text=True, timeout=120)
 
+
+def test_page_lists_both_studies_and_renders_in_chromium(two, tmp_path):
     run_stage("compare", *two, "--out", tmp_path / "out", check=True)
     html = (tmp_path / "out" / "compare.html").read_text()
     assert "<th>base</th><th>fast</th>" in html
@@ -137,9 +143,7 @@ def test_page_lists_both_studies_and_renders_in_chromium(two, tmp_path):
     settings = html[html.index('id="settings"'):html.index('id="claims"')]
     assert "<tr><td>lr</td><td>0.1</td><td>0.3</td></tr>" in settings
     assert not re.search(r"https?://", html)
-    proc = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'p'}",
-                           "--virtual-time-budget=5000", "--dump-dom", (tmp_path / "out" / "compare.html").as_uri()],
-                          capture_output=True, text=True, timeout=120)
+    proc = chromium_dom(tmp_path / "out" / "compare.html", tmp_path / "p")
     assert proc.returncode == 0 and re.search(r'<body data-check="ok"', proc.stdout), proc.stdout[:300]
 
 

@@ -201,12 +201,10 @@ def test_smoke_study_snakemake_then_dvc(tmp_path, smoke_study):
     assert set(claims["study"]) == {"smoke", "smoke-b"} and claims.groupby("study").size().nunique() == 1
     settings = pd.read_csv(workdir / "results" / "compare" / "settings.csv")
     assert settings["setting"].tolist() == ["lr"], settings
-    from test_report import chromium
+    from test_compare import chromium_dom
     page = workdir / "results" / "compare" / "compare.html"
     assert "<th>smoke</th><th>smoke-b</th>" in page.read_text()
-    shown = subprocess.run([chromium(), "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'p'}",
-                            "--virtual-time-budget=5000", "--dump-dom", page.as_uri()], capture_output=True, text=True,
-                           timeout=120)
+    shown = chromium_dom(page, tmp_path / "p")
     assert shown.returncode == 0 and re.search(r'<body data-check="ok"', shown.stdout), shown.stdout[:300]
 
     # a typo'd key in a section no changed stage reads: DVC stops before touching anything
