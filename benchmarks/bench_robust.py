@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cglib.pergrad import per_example_grads_reference
+from cglib import robust
+from cglib.pergrad import Outer, per_example_grads_factored, per_example_grads_reference
 from cglib.robust import _medians_
 from cglib.transforms import make_gradient_transform
 
@@ -99,6 +100,27 @@ def naive_winsorized(c: int):
     return aggregate
 
 
+def winsorized_parts(widths, c: int, batch: int = B) -> dict:
+    """The winsorized step's parts, each a function to time: the forward and backward pass that
+    yields the per-example factors, the order statistics (the streamed top / bottom lists) and
+    the clipped sums (float64 plain sum, then the replacements), on one fixed batch."""
+    torch.manual_seed(0)
+    model, (x, y) = mlp(*widths), data(widths[0], batch)
+    _, grads = per_example_grads_factored(model, x, y)
+    outer = [g for g in grads.values() if isinstance(g, Outer)]
+    dense = torch.cat([g.reshape(batch, -1) for g in grads.values() if not isinstance(g, Outer)], 1)
+    kinds = ("outer",) * len(outer) + ("dense",)
+    srcs = [(g.delta, g.act) for g in outer] + [(dense,)]
+    shapes = [(g.delta.shape[1], g.act.shape[1]) for g in outer] + [(dense.shape[1],)]
+    counts = robust.clip_counts(c, batch)
+    compiled = robust._want_compile(x.device)
+    tops, bots = robust._order_statistics(kinds, srcs, shapes, counts, compiled)
+    return {"per_example": lambda: per_example_grads_factored(model, x, y),
+            "order_stats": lambda: robust._order_statistics(kinds, srcs, shapes, counts,
+                                                                 compiled),
+            "clipped_sums": lambda: robust._clipped_sums(kinds, tops, bots, srcs, compiled)}
+
+
 def measure(fns: dict, rounds: int, warmup: int, naive=None, naive_rounds: int = 0) -> dict:
     """Median ms per step. The fast and reference steps (``fns``) alternate round by round in a
     rotating order, so drift on a shared machine hits both alike. The naive step runs in its
@@ -159,4 +181,13 @@ def run(quick: bool) -> list[dict]:
                  naive_rounds=2 if quick else 5)
     rows.append(row("winsorized_vs_sgd", ms, 25.0, "torch.func vmap per-example grads + sort",
                     f"c=2, MLP 784-256-256-256-10, B={B}, SGD; aim 10"))
+
+    # Where the winsorized step's time goes, each part against the same SGD step.
+    what = {"per_example": "forward + backward to the per-example factors (no weight gradient)",
+            "order_stats": "streamed top/bottom-3 lists per coordinate (compiled)",
+            "clipped_sums": "float64 plain sum, minus the clipped values, plus their levels"}
+    for part, fn in winsorized_parts(deep, 2).items():
+        ms = measure({"fast": fn, "ref": transform_step(deep, "sgd")}, rounds, warmup)
+        rows.append(row(f"wins_{part}", ms, None, "none (a part of winsorized_vs_sgd)",
+                        f"{what[part]} / SGD step"))
     return rows

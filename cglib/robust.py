@@ -10,20 +10,19 @@ gradients: rows are formed on the fly as outer products ``delta_b^T a_b`` (see c
 
 Compilation (``torch.compile``, CPU by default). The streaming loop is many small elementwise
 ops; eagerly each op allocates and re-reads the running lists, compiled the rows of one chunk
-(``_ROWS`` = 10) fuse into one C++/OpenMP loop over the coordinates (winsorized step on MLP
-3x256, B=100, c=2, one thread: ~35 ms compiled vs ~370 ms eager). RM3/M3 compile their median
-into one fused pass per tensor, one call for all parameters, on models of at least
+(``_ROWS`` = 10) fuse into one C++/OpenMP loop over the coordinates that updates the lists in
+place (an order of magnitude faster than eager; the README has the figures). RM3/M3 compile
+their median into one fused pass per tensor, one call for all parameters, on models of at least
 ``MEDIANS_COMPILE_MIN`` elements; on smaller ones three eager passes are as fast and start at
 once (results are bit-identical either way).
-One compiled call per chunk serves every parameter of the model (``winsorized_means``): the
-call's own cost (dynamo guards, dispatch) was a fifth of the step when paid per parameter
-(winsorized step on MLP 3x256, 2 threads: 21.3 -> 17.7 ms). Compilation is lazy (at the first
-call), per model structure (the list of sources) x clip level x dtype, and dynamic in the sizes.
+One compiled call per chunk serves every parameter of the model (``winsorized_means``), and
+one more call finishes every clipped sum: a call's own cost (dynamo guards, dispatch) is paid
+per chunk, not per chunk and parameter. Compilation is lazy (at the first call), per model
+structure (the list of sources) x clip level x dtype, and dynamic in the sizes.
 
 How the compile cost is paid once: inductor keeps its FX-graph cache and compiled kernels on
-disk in ``TORCHINDUCTOR_CACHE_DIR`` (default ``/tmp/torchinductor_$USER``). Measured on the
-2-core CPU: the first winsorized run (MLP 3x256) with a cold cache spends ~30 s compiling,
-every later process ~7 s (re-tracing, then cache hits); RM3 ~5 s cold, ~2 s warm. Point
+disk in ``TORCHINDUCTOR_CACHE_DIR`` (default ``/tmp/torchinductor_$USER``), so a cold compile
+is paid by the first process and later ones re-trace and hit the cache. Point
 ``TORCHINDUCTOR_CACHE_DIR`` at a persistent directory shared by all runs of a study, e.g.
 ``export TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/inductor`` (concurrent jobs may share it), so only
 the first job of a study pays the cold compile. ``CGLIB_COMPILE=auto`` (default: compile for
@@ -54,8 +53,8 @@ def _medians_(a: list[Tensor], b: list[Tensor], c: list[Tensor],
     The transforms' hot path, over all parameters of a model at once. Its cost is memory
     traffic: compiled it is one call holding one fused loop per tensor (read a, b, c, write b).
     One call for the whole list, not one per parameter, because a compiled call's own cost
-    (guards, dispatch: ~35 us on the 2-core CPU) is that of a 1.5 MB pass, so per-parameter
-    calls would cost a bias-sized model more than its traffic. Eagerly: three passes per tensor
+    (guards, dispatch) is that of a pass over a megabyte or so, so per-parameter calls would
+    cost a bias-sized model more than its traffic. Eagerly: three passes per tensor
     (max into scratch, min into b, clamp into b). Both are exact, so they agree bit for bit."""
     with torch.no_grad():
         if _compile_medians(b):
@@ -178,21 +177,20 @@ def _rows(kind: str, src: tuple[Tensor, ...]) -> list[Tensor]:
 
 def _update(kinds, tops, bots, srcs):
     """Insert a chunk of rows of every source into its running lists top (descending) and bot
-    (ascending); the two may differ in length (percentile reading)."""
-    new_tops, new_bots = [], []
+    (ascending), in place; the two may differ in length (percentile reading). In place, so a
+    call allocates nothing: fresh lists per call cost as much as the arithmetic (page faults)."""
     for kind, top, bot, src in zip(kinds, tops, bots, srcs):
-        top, bot = list(top), list(bot)
+        new_top, new_bot = list(top), list(bot)
         for x in _rows(kind, src):
             y = x
-            for j in range(len(top) - 1):  # bubble x down the top list
-                top[j], x = torch.maximum(top[j], x), torch.minimum(top[j], x)
-            top[-1] = torch.maximum(top[-1], x)
-            for j in range(len(bot) - 1):  # and y down the bottom list
-                bot[j], y = torch.minimum(bot[j], y), torch.maximum(bot[j], y)
-            bot[-1] = torch.minimum(bot[-1], y)
-        new_tops.append(tuple(top))
-        new_bots.append(tuple(bot))
-    return new_tops, new_bots
+            for j in range(len(new_top) - 1):  # bubble x down the top list
+                new_top[j], x = torch.maximum(new_top[j], x), torch.minimum(new_top[j], x)
+            new_top[-1] = torch.maximum(new_top[-1], x)
+            for j in range(len(new_bot) - 1):  # and y down the bottom list
+                new_bot[j], y = torch.minimum(new_bot[j], y), torch.maximum(new_bot[j], y)
+            new_bot[-1] = torch.minimum(new_bot[-1], y)
+        for t, new in zip(top + bot, new_top + new_bot):
+            t.copy_(new)
 
 
 def _clipped_sums(kinds, tops, bots, srcs, compiled: bool):
@@ -201,37 +199,49 @@ def _clipped_sums(kinds, tops, bots, srcs, compiled: bool):
     lo values below the (lo+1)-th smallest by that, whatever the ties, as lo + hi < B. So the
     clipped sum is the plain sum (one matmul for an outer source), minus those values, plus
     their replacements. In float64: the plain sum holds the outliers that clipping removes, and
-    in float32 their rounding error (eps x the largest value) would outweigh a small result."""
-    out = []
-    for kind, top, bot, src in zip(kinds, tops, bots, srcs):
+    in float32 their rounding error (eps x the largest value) would outweigh a small result.
+    One compiled call for every source (a call's own cost is paid once, not per source)."""
+    totals = []
+    for kind, src in zip(kinds, srcs):
         wide = [t.double() for t in src]
-        total = wide[0].sum(0) if kind == "dense" else wide[0].t() @ wide[1]
-        out.append(_run(_replace_clipped, compiled, total, top, bot).to(src[0].dtype))
+        totals.append(wide[0].sum(0) if kind == "dense" else wide[0].t() @ wide[1])
+    return [t.to(src[0].dtype) for t, src in
+            zip(_run(_replace_clipped, compiled, totals, tops, bots), srcs)]
+
+
+def _replace_clipped(totals, tops, bots):
+    out = []
+    for total, top, bot in zip(totals, tops, bots):
+        for t in top[:-1]:
+            total = total - t.double()
+        for b in bot[:-1]:
+            total = total - b.double()
+        out.append(total + (len(top) - 1) * top[-1].double() + (len(bot) - 1) * bot[-1].double())
     return out
 
 
-def _replace_clipped(total, top, bot):
-    for t in top[:-1]:
-        total = total - t.double()
-    for b in bot[:-1]:
-        total = total - b.double()
-    return total + (len(top) - 1) * top[-1].double() + (len(bot) - 1) * bot[-1].double()
-
-
 def _stream(kinds, srcs, shapes, counts):
+    compiled = _want_compile(srcs[0][0].device)
+    tops, bots = _order_statistics(kinds, srcs, shapes, counts, compiled)
+    B = srcs[0][0].shape[0]
+    return [acc.div_(B) for acc in _clipped_sums(kinds, tops, bots, srcs, compiled)]
+
+
+def _order_statistics(kinds, srcs, shapes, counts, compiled: bool):
+    """Per source and coordinate, the hi+1 largest values of the B rows (descending) and the
+    lo+1 smallest (ascending), streamed in chunks of ``_ROWS`` rows."""
     B, ref = srcs[0][0].shape[0], srcs[0][0]
     lo, hi = counts
     # Finite sentinels rather than +-inf: safe under fast-math compiler flags.
     fin = torch.finfo(ref.dtype)
     tops = [tuple(ref.new_full(shape, fin.min) for _ in range(hi + 1)) for shape in shapes]
     bots = [tuple(ref.new_full(shape, fin.max) for _ in range(lo + 1)) for shape in shapes]
-    compiled = _want_compile(ref.device)
     # One compiled call per chunk of rows of every source. A short last chunk (B=99: 9 rows) is
     # compiled too, a second graph paid once per cache: eagerly it cost a third of the step.
     for i in range(0, B, _ROWS):
         chunk = [tuple(t[i:i + _ROWS] for t in src) for src in srcs]
-        tops, bots = _run(_update, compiled, kinds, tops, bots, chunk)
-    return [acc.div_(B) for acc in _clipped_sums(kinds, tops, bots, srcs, compiled)]
+        _run(_update, compiled, kinds, tops, bots, chunk)
+    return tops, bots
 
 
 _compile_mode = os.environ.get("CGLIB_COMPILE", "auto")

@@ -1,6 +1,8 @@
 """The bench's peers (benchmarks/bench_peers.py): every library's per-example squared norms are
 checked against a float64 torch.func reference before they are timed, a wrong value stops the
 run, and a peer that cannot take a model is a row with its reason."""
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -53,3 +55,29 @@ def test_a_library_that_disagrees_stops_the_run(monkeypatch):
     monkeypatch.setitem(bench_peers.LIBRARIES, "backpack", lambda model, x, y: lambda: bench_peers.reference(model, x, y) * 1.01)
     with pytest.raises(Disagreement, match="backpack"):
         bench_peers.run(quick=True, case_list=tiny_cases())
+
+
+def test_the_winsorized_parts_timed_are_the_steps_own_work():
+    """The bench's breakdown times the step's own parts: its per-example pass, order statistics
+    and clipped sums give the transform's gradients (biases in the one dense source)."""
+    from benchmarks import bench_robust
+    from cglib import robust
+    from cglib.transforms import make_gradient_transform
+    widths, B = (6, 5, 10), 8  # data() draws labels of 10 classes
+    robust.set_compile("0")  # eagerly: the same source, without a minute of compiling
+    try:
+        parts = bench_robust.winsorized_parts(widths, 1, batch=B)
+        assert list(parts) == ["per_example", "order_stats", "clipped_sums"]
+        parts["order_stats"]()  # runs on its own
+        sums = [s / B for s in parts["clipped_sums"]()]
+        torch.manual_seed(0)
+        model = bench_robust.mlp(*widths)
+        x, y = bench_robust.data(widths[0], B)
+        make_gradient_transform("winsorized", 1).backward(model, x, y)
+    finally:
+        robust.set_compile(os.environ.get("CGLIB_COMPILE", "auto"))
+    torch.testing.assert_close(sums[0], model[0].weight.grad)
+    torch.testing.assert_close(sums[1], model[2].weight.grad)
+    torch.testing.assert_close(sums[2], torch.cat([model[0].bias.grad, model[2].bias.grad]))
+    losses, grads = parts["per_example"]()
+    assert losses.shape == (B,) and set(grads) == {n for n, _ in model.named_parameters()}
