@@ -442,18 +442,21 @@ def test_cg_winsorized_steps_from_sgd_through_each_clip_at_each_noisy_level():
 def test_cg_winsorized_proper_is_the_peak_over_the_pristine_fraction_for_c_above_1_at_noise():
     rows, runs = [], []
     for s in range(3):
-        for clip, e, n_p, n_c in ((2.0, .5, 60, 40), (1.0, .5, 60, 40), (2.0, 0.0, 100, 0), (3.0, .25, 0, 0)):
+        # more corrupt than pristine examples, and one example in all, are sizes like any other
+        for clip, e, n_p, n_c in ((2.0, .5, 40, 60), (1.0, .5, 60, 40), (2.0, 0.0, 100, 0), (3.0, .25, 0, 0),
+                                  (4.0, .5, 1, 0)):
             run = f"w{clip}-{e}-{s}"
             rows += curve_of(run, [.2, .7 + .01 * s, .6], optimizer="winsorized", clip=clip, noise=e, seed=s)
             runs.append(dict(run=run, status="ok", n_pristine=n_p, n_corrupt=n_c))
     rows += curve_of("nosize", [.9] * 3, optimizer="winsorized", clip=2.0, noise=.5, seed=5)
     tests = cg.winsorized_proper(ctx_of(rows, pd.DataFrame(runs)))
-    assert groups(tests) == ["ε=0.5 c=2", "ε=0.25 c=3"]
+    assert groups(tests) == ["ε=0.5 c=2", "ε=0.25 c=3", "ε=0.5 c=4"]
     assert tests[1]["values"] == [] and tests[1]["outcome"] == "not measured"  # no sizes to compare with
-    assert tests[0]["values"] == pytest.approx([.1, .11, .12]) and tests[0]["extra"] == {"proper": .6}
+    assert tests[0]["values"] == pytest.approx([.3, .31, .32]) and tests[0]["extra"] == {"proper": pytest.approx(.4)}
+    assert tests[2]["values"] == pytest.approx([-.3, -.29, -.28]) and tests[2]["extra"] == {"proper": 1.0}
     assert (tests[0]["side"], tests[0]["threshold"]) == ("<", .01)
     no_sizes = cg.winsorized_proper(ctx_of(rows))
-    assert [t["values"] for t in no_sizes] == [[], []]
+    assert [t["values"] for t in no_sizes] == [[], [], []]
 
 
 # ---------------------------------------------------------------------------- ws

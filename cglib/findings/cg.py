@@ -110,7 +110,7 @@ def shares_crossover(ctx) -> list[dict]:
     out = []
     per = {}
     for (noise, seed), w in windowed(ctx).items():
-        if not 0 < noise <= CROSSING_MAX_NOISE or w["window"].nunique() < 2 or not (w["null"] >= 0).any():
+        if not 0 < noise <= CROSSING_MAX_NOISE or not (w["null"] >= 0).any():
             continue
         real = _diff(w[w["null"] == -1])
         nulls = [_diff(g) for _, g in w[w["null"] >= 0].groupby("null")]
