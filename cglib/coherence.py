@@ -3,15 +3,10 @@
 For per-example gradients g_1..g_m:  alpha = ‖Σ g_i‖² / (m · Σ ‖g_i‖²)  and  m-coherence = m·alpha,
 i.e. ‖Σ g_i‖² / Σ ‖g_i‖². Both are functions of two running sums, so `model_m_coherence` never
 stores per-example gradients: the summed gradient comes from ordinary backward passes and the
-per-example squared norms from closed forms per layer type, streamed over the sample in chunks:
-
-- Linear      ‖∇W_i‖² = ‖a_i‖²·‖δ_i‖², ‖∇b_i‖² = ‖δ_i‖²  (a = layer input, δ = grad of its output);
-              with extra leading dims, ‖Σ_t δ_t a_tᵀ‖² = Σ_{t,s} (a_t·a_s)(δ_t·δ_s) (Gram form)
-              or the per-example gradient itself, whichever is smaller.
-- Conv2d      ∇W_i = δ_i (C_out × L) @ unfold(a_i)ᵀ (L × C_in·k·k), per group (im2col form).
-- BatchNorm   (eval mode) ∇γ_i = Σ_spatial δ_i·x̂_i, ∇β_i = Σ_spatial δ_i with running statistics.
-- anything else (and any module called twice or sharing a parameter): exact per-example grads
-  of that module's parameters only, by torch.func vmap(grad(functional_call)).
+per-example squared norms from closed forms per layer type (cglib.layer_rules: Linear, Conv2d,
+BatchNorm with running statistics, GroupNorm, LayerNorm, InstanceNorm), streamed over the sample
+in chunks. Anything else (and any module called twice or sharing a parameter) gets exact
+per-example grads of that module's parameters only, by torch.func vmap(grad(functional_call)).
 
 `per_example_sq_norms` returns the per-example squared norms themselves (GraNd) from the same pass.
 
@@ -29,14 +24,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.modules.batchnorm import _BatchNorm
-from torch.nn.modules.instancenorm import _InstanceNorm
 
+from .layer_rules import sq_norm_rule as _rule
 from .measuring import _chunks, _device, measuring
 from .pergrad import _GradTap
-
-# Elements in one block of per-example intermediates (conv patches, Linear Gram / gradients):
-# bounds memory whatever the chunk size.
-_BLOCK_ELEMENTS = 1 << 24
 
 
 # ------------------------------------------------------------------ the metric on statistics
@@ -86,146 +77,6 @@ def alpha(g: torch.Tensor) -> float:
 def m_coherence(g: torch.Tensor) -> float:
     """m-coherence (MC §3) of the rows of an (m, d) tensor, in [0, m]."""
     return coherence_stats(g).m_coherence
-
-
-# ------------------------------------------------------------------ per-example squared norms
-# Each rule maps (module, layer input a, output grad δ) of one chunk to {param name: (N,) tensor}.
-
-def _linear_sq_norms(mod: nn.Linear, a: torch.Tensor, d: torch.Tensor) -> dict:
-    if a.dim() == 2:
-        d2 = d.square().sum(1)
-        return {"weight": a.square().sum(1) * d2, "bias": d2}
-    a, d = a.flatten(1, -2), d.flatten(1, -2)  # (N, T, in), (N, T, out): ∇W_i = Σ_t δ_t a_tᵀ
-    t, size = a.shape[1], a.shape[2] * d.shape[2]
-    block = max(1, _BLOCK_ELEMENTS // min(t * t, size))
-    weight = []
-    for s in _chunks(len(a), block):  # whichever of (T × T) Gram or (out × in) gradient is smaller
-        if t * t <= size:
-            weight.append(((a[s] @ a[s].transpose(1, 2)) * (d[s] @ d[s].transpose(1, 2))).sum((1, 2)))
-        else:
-            weight.append((d[s].transpose(1, 2) @ a[s]).square().sum((1, 2)))
-    return {"weight": torch.cat(weight), "bias": d.sum(1).square().sum(1)}
-
-
-def _conv2d_padded(mod: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
-    """The input as the convolution itself sees it, padding included."""
-    if isinstance(mod.padding, str):  # 'valid' or 'same': torch pads total//2 before, rest after
-        pads = []
-        for k, dil in zip(reversed(mod.kernel_size), reversed(mod.dilation)):
-            total = 0 if mod.padding == "valid" else dil * (k - 1)
-            pads += [total // 2, total - total // 2]
-    else:
-        pads = [p for p in reversed(mod.padding) for _ in range(2)]
-    if not any(pads):
-        return a.contiguous()
-    mode = "constant" if mod.padding_mode == "zeros" else mod.padding_mode
-    return F.pad(a, pads, mode=mode).contiguous()
-
-
-def _conv2d_sq_norms(mod: nn.Conv2d, a: torch.Tensor, d: torch.Tensor) -> dict:
-    # Two exact forms, picked by shape (never by timing, so a result's bytes do not depend on the
-    # machine's load): the weight gradient of one convolution grouped by example for 8 or more
-    # input channels per group, the patches product below that (measured on one core: 16→32
-    # channels 14×14, 1.7× faster grouped; 64→64 32×32, 2.6×; 3→64, 1.2× slower).
-    if mod.in_channels // mod.groups >= 8:
-        return _conv2d_sq_norms_grouped(mod, a, d)
-    return _conv2d_sq_norms_patches(mod, a, d)
-
-
-def _conv2d_sq_norms_grouped(mod: nn.Conv2d, a: torch.Tensor, d: torch.Tensor) -> dict:
-    # ∇W_i for every example i at once: the weight gradient of the layer's convolution run on the
-    # batch folded into channels, one group per example (and per group of the layer), as torch's
-    # own backward computes it, without the sum over examples.
-    if isinstance(mod.padding, str) or mod.padding_mode != "zeros":
-        a, padding = _conv2d_padded(mod, a), (0, 0)
-    else:
-        padding = mod.padding
-    n, c_out = a.shape[0], mod.out_channels
-    per_example = mod.weight.numel() + a[0].numel() + d[0].numel()
-    block = max(1, _BLOCK_ELEMENTS // per_example)
-    weight = []
-    for s in _chunks(n, block):
-        k = s.stop - s.start
-        w = torch.empty((k * c_out, *mod.weight.shape[1:]), dtype=d.dtype, device=d.device)
-        _, gw, _ = torch.ops.aten.convolution_backward(
-            d[s].reshape(1, k * c_out, *d.shape[2:]), a[s].reshape(1, -1, *a.shape[2:]), w, None,
-            mod.stride, padding, mod.dilation, False, [0, 0], k * mod.groups, [False, True, False])
-        weight.append(gw.reshape(k, -1).square().sum(1))
-    return {"weight": torch.cat(weight), "bias": d.sum((2, 3)).square().sum(1)}
-
-
-def _conv2d_sq_norms_patches(mod: nn.Conv2d, a: torch.Tensor, d: torch.Tensor) -> dict:
-    # ∇W_i = δ_i (C_out × L) @ patches_i (L × C_in·kh·kw), per group. The patches are a strided
-    # view of the padded input copied once by reshape: the same matrix as F.unfold, ~2× faster.
-    a = _conv2d_padded(mod, a)
-    n, c_in, groups = a.shape[0], a.shape[1], mod.groups
-    (kh, kw), (dh, dw), (sh, sw) = mod.kernel_size, mod.dilation, mod.stride
-    ho, wo = d.shape[-2], d.shape[-1]
-    st = a.stride()
-    windows = a.as_strided((n, c_in, kh, kw, ho, wo),
-                           (st[0], st[1], st[2] * dh, st[3] * dw, st[2] * sh, st[3] * sw))
-    d = d.reshape(n, groups, mod.out_channels // groups, ho * wo)  # (N, G, C_out/G, L)
-    cols = c_in // groups * kh * kw
-    per_example = d.shape[2] * cols + ho * wo * (cols + d.shape[2])
-    block = max(1, _BLOCK_ELEMENTS // max(1, per_example))
-    weight = []
-    for s in _chunks(n, block):  # bounded memory: (block, C_in·kh·kw, L) patches at a time
-        patches = windows[s].reshape(-1, groups, cols, ho * wo)
-        weight.append((d[s] @ patches.transpose(-1, -2)).square().sum((1, 2, 3)))
-    return {"weight": torch.cat(weight), "bias": d.sum(-1).square().sum((1, 2))}
-
-
-def _batchnorm_sq_norms(mod: _BatchNorm, a: torch.Tensor, d: torch.Tensor) -> dict:
-    shape = (1, -1) + (1,) * (a.dim() - 2)
-    x_hat = (a - mod.running_mean.view(shape)) * torch.rsqrt(mod.running_var.view(shape) + mod.eps)
-    spatial = tuple(range(2, a.dim()))
-    gamma = (d * x_hat).sum(spatial) if spatial else d * x_hat
-    beta = d.sum(spatial) if spatial else d
-    return {"weight": gamma.square().sum(1), "bias": beta.square().sum(1)}
-
-
-def _affine_norm_sq_norms(x_hat: torch.Tensor, d: torch.Tensor, over: tuple) -> dict:
-    """γ, β of y = γ·x̂ + β (x̂ the normalised input): ∇γ_i = Σ δ_i·x̂_i and ∇β_i = Σ δ_i, each
-    summed over the dims `over` (those γ does not cover) of example i."""
-    gamma, beta = (d * x_hat).sum(over) if over else d * x_hat, d.sum(over) if over else d
-    return {"weight": gamma.square().flatten(1).sum(1), "bias": beta.square().flatten(1).sum(1)}
-
-
-def _per_channel(a: torch.Tensor) -> tuple:
-    return tuple(range(2, a.dim()))  # (N, C, *spatial): γ per channel, summed over space
-
-
-def _groupnorm_sq_norms(mod: nn.GroupNorm, a: torch.Tensor, d: torch.Tensor) -> dict:
-    # Opacus's rule (grad_sample/group_norm.py): normalise the input, multiply by δ, sum over space
-    return _affine_norm_sq_norms(F.group_norm(a, mod.num_groups, eps=mod.eps), d, _per_channel(a))
-
-
-def _layernorm_sq_norms(mod: nn.LayerNorm, a: torch.Tensor, d: torch.Tensor) -> dict:
-    shape = tuple(mod.normalized_shape)  # γ covers the trailing dims: sum over the ones between
-    return _affine_norm_sq_norms(F.layer_norm(a, shape, eps=mod.eps), d, tuple(range(1, a.dim() - len(shape))))
-
-
-def _instancenorm_sq_norms(mod: _InstanceNorm, a: torch.Tensor, d: torch.Tensor) -> dict:
-    running = mod.track_running_stats and not mod.training  # as forward: running stats in eval only
-    x_hat = F.instance_norm(a, mod.running_mean if running else None, mod.running_var if running else None,
-                            use_input_stats=not running, eps=mod.eps)
-    return _affine_norm_sq_norms(x_hat, d, _per_channel(a))
-
-
-def _rule(mod: nn.Module):
-    if type(mod) is nn.Linear:  # exact types: a subclass may change forward
-        return _linear_sq_norms
-    if type(mod) is nn.Conv2d:
-        return _conv2d_sq_norms
-    if isinstance(mod, _BatchNorm) and mod.running_mean is not None:
-        return _batchnorm_sq_norms
-    if type(mod) is nn.GroupNorm:
-        return _groupnorm_sq_norms
-    if type(mod) is nn.LayerNorm:
-        return _layernorm_sq_norms
-    if type(mod) in (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d):
-        return _instancenorm_sq_norms
-    return None
 
 
 # ------------------------------------------------------------------ streaming over a model

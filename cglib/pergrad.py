@@ -4,26 +4,31 @@ Convention: the per-example gradient of example i is the gradient of
 ``loss_i = cross_entropy(model(x)[i], y[i])`` -- *not* of ``loss_i / B``. The gradient of the
 mean batch loss is therefore ``g.mean(0)`` for every returned ``g`` of shape (B, *param.shape).
 
-Fast path (one forward + one backward for the whole batch): for every ``nn.Linear`` the layer
-input ``a_i`` is captured by a forward hook and the gradient of the summed loss with respect to
-the layer output, ``delta_i``, by an identity autograd node placed on the output. Because
-example i's loss depends only on example i's activations, ``delta_i = d loss_i / d out_i``, so
-the per-example weight gradient is the outer product ``delta_i^T a_i`` and the bias gradient is
-``delta_i``. The backward pass asks autograd only for the gradient of a dummy "anchor" tensor
-wired into those identity nodes, so no summed weight gradient is ever computed and ``p.grad``
-is never touched.
+Fast path (one forward + one backward for the whole batch): for every module with a closed
+form (cglib.layer_rules: Linear, Conv2d, BatchNorm with running statistics, GroupNorm,
+LayerNorm, InstanceNorm) the layer input ``a_i`` is captured by a forward hook and the gradient
+of the summed loss with respect to the layer output, ``delta_i``, by an identity autograd node
+placed on the output. Because example i's loss depends only on example i's activations,
+``delta_i = d loss_i / d out_i``, and each parameter's per-example gradient is a closed form in
+the two (a Linear weight: the outer product ``delta_i^T a_i``, kept factored). The backward
+pass asks autograd only for the gradient of a dummy "anchor" tensor wired into those identity
+nodes, so no summed weight gradient is ever computed and ``p.grad`` is never touched.
 
-Fallback: parameters owned by any other module type (Conv2d, BatchNorm in eval mode,
-parameters registered directly on a container, Linear layers whose weights are shared, ...)
-get ``torch.func.vmap(grad(...))`` over ``functional_call``, chunked over the batch so memory
-stays bounded. A model may mix both; every parameter is computed by exactly one of the two.
+Fallback, in one pass: when any trainable parameter has no closed form (a module kind without a
+rule, parameters registered directly on a container, weights shared between modules, a call
+without the batch in dim 0), every parameter's gradient comes from one
+``torch.func.vmap(grad(...))`` over ``functional_call``, chunked over the batch so memory stays
+bounded (the fast path and a vmap pass for the rest would run the model twice).
 
 Requirements: examples must not interact in the forward pass. BatchNorm using batch statistics
 (train mode, or ``track_running_stats=False``) couples examples and is rejected with a
 ValueError -- put the model (or its BatchNorm layers) in eval mode first. Dropout is allowed:
 the fast path uses the masks of its single forward pass, the vmap fallback draws its own masks
-(``randomness="different"``), so a mixed model sees different masks in its two parts.
-The fast path assumes a Linear's parameters are used only by calling that Linear module.
+per example (``randomness="different"``).
+The fast path assumes a module's parameters are used only by calling that module, and that a
+module sees the batch in dim 0 (as Opacus's ``batch_first``): a call whose input or output has
+another size there falls back; a sequence-first input whose length happens to equal the batch
+size cannot be told apart by its shape.
 """
 
 from __future__ import annotations
@@ -34,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, grad_and_value, vmap
+
+from .layer_rules import grad_rule
 
 DEFAULT_CHUNK = 32  # examples per vmap chunk: bounds the fallback's memory to ~32 per-example grads
 
@@ -65,22 +72,16 @@ def per_example_grads_factored(model: nn.Module, x: Tensor, y: Tensor,
     ``Outer`` (factored, rank one per example) instead of a (B, out, in) tensor."""
     _check_independent_examples(model)
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    linears = _fast_linears(model)
-    fast_names = {n for _, names in linears.values() for n in names.values()}
-    slow_names = [n for n, _ in named if n not in fast_names]
-
-    grads: dict[str, Tensor | Outer] = {}
-    losses = None
-    if linears:
-        losses, fast = _linear_fast_path(model, x, y, linears)
-        grads.update(fast)
-    if slow_names:
-        slow_losses, slow = _vmap_grads(model, x, y, slow_names, chunk_size or DEFAULT_CHUNK)
-        grads.update(slow)
-        losses = slow_losses if losses is None else losses
-    if losses is None:  # nothing trainable: still report the losses
+    fast = _fast_modules(model)
+    fast_names = {n for _, names in fast.values() for n in names.values()}
+    grads: dict[str, Tensor | Outer] | None = None
+    if named and all(n in fast_names for n, _ in named):
+        losses, grads = _fast_path(model, x, y, fast)  # None where a call breaks the closed forms
+    if grads is None and named:  # one vmap pass over every parameter, not two passes
+        losses, grads = _vmap_grads(model, x, y, [n for n, _ in named], chunk_size or DEFAULT_CHUNK)
+    if not named:  # nothing trainable: still report the losses
         with torch.no_grad():
-            losses = F.cross_entropy(model(x), y, reduction="none")
+            losses, grads = F.cross_entropy(model(x), y, reduction="none"), {}
     return losses, {n: grads[n] for n, _ in named}  # keep named_parameters() order
 
 
@@ -108,18 +109,16 @@ def _check_independent_examples(model: nn.Module) -> None:
                 "BatchNorm layers) first")
 
 
-def _fast_linears(model: nn.Module) -> dict[str, tuple[nn.Linear, dict[str, str]]]:
-    """Linear modules eligible for the fast path -> (module, {"weight"/"bias": qualified name}).
-
-    Only exact ``nn.Linear`` (subclasses such as MultiheadAttention's out_proj may bypass
-    forward()) whose parameters are registered exactly once in the model (tied weights get
-    gradient contributions from elsewhere, which the hooks would miss)."""
+def _fast_modules(model: nn.Module) -> dict[str, tuple[nn.Module, dict[str, str]]]:
+    """Modules with a closed form (cglib.layer_rules) -> (module, {"weight"/"bias": qualified
+    name}), for those whose parameters are registered exactly once in the model (tied weights
+    get gradient contributions from elsewhere, which the hooks would miss)."""
     counts: dict[int, int] = {}
     for _, p in model.named_parameters(remove_duplicate=False):
         counts[id(p)] = counts.get(id(p), 0) + 1
     found = {}
     for mname, m in model.named_modules():
-        if type(m) is not nn.Linear:
+        if grad_rule(m) is None:
             continue
         own = {k: p for k, p in m.named_parameters(recurse=False)}
         if any(counts[id(p)] != 1 for p in own.values()):
@@ -150,37 +149,54 @@ class _GradTap(torch.autograd.Function):
         return grad_out, grad_out.new_zeros(()), None
 
 
-def _linear_fast_path(model, x, y, linears):
-    some_weight = next(iter(linears.values()))[0].weight
-    anchor = torch.zeros((), device=some_weight.device, dtype=some_weight.dtype,
-                         requires_grad=True)
-    records: dict[str, list[tuple[Tensor, list]]] = {name: [] for name in linears}
+def _fast_path(model, x, y, fast):
+    """One forward and one backward for the whole batch; None when some call of a fast module
+    does not have the batch in dim 0 (its closed form would not apply)."""
+    some_param = next(p for m, _ in fast.values() for p in m.parameters())
+    anchor = torch.zeros((), device=some_param.device, dtype=some_param.dtype, requires_grad=True)
+    records: dict[str, list[tuple[Tensor, list]]] = {name: [] for name in fast}
+    B, broken = x.shape[0], []
 
-    def make_hook(mname):
+    def make_hook(mname, m):
         def hook(module, inputs, out):
+            a = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
+            if a is None or a.dim() < 2 or a.shape[0] != B or not isinstance(out, Tensor) or (
+                    type(m) is not nn.Linear and out.shape[0] != B):
+                broken.append(mname)
+                return None
             slot: list = []
-            records[mname].append((inputs[0].detach(), slot))
+            records[mname].append((a.detach(), slot))
             return _GradTap.apply(out, anchor, slot.append)
         return hook
 
-    handles = [m.register_forward_hook(make_hook(mname)) for mname, (m, _) in linears.items()]
+    handles = [m.register_forward_hook(make_hook(mname, m)) for mname, (m, _) in fast.items()]
     try:
         with torch.enable_grad():
             losses = F.cross_entropy(model(x), y, reduction="none")
+            if broken:
+                return losses.detach(), None
             # Summed loss: per example, d(sum)/d(out_i) = d(loss_i)/d(out_i).
             torch.autograd.grad(losses.sum(), anchor, allow_unused=True)
     finally:
         for h in handles:
             h.remove()
 
-    B = x.shape[0]
     grads: dict[str, Tensor | Outer] = {}
-    for mname, (m, names) in linears.items():
+    for mname, (m, names) in fast.items():
         calls = [(a, slot[0]) for a, slot in records[mname] if slot]
-        if "weight" in names:
-            grads[names["weight"]] = _linear_weight_grad(m, calls, B)
-        if "bias" in names:
-            grads[names["bias"]] = _linear_bias_grad(m, calls, B)
+        if type(m) is nn.Linear:
+            if "weight" in names:
+                grads[names["weight"]] = _linear_weight_grad(m, calls, B)
+            if "bias" in names:
+                grads[names["bias"]] = _linear_bias_grad(m, calls, B)
+            continue
+        rule = grad_rule(m)
+        for k, n in names.items():  # summed over the module's calls (none: a zero gradient)
+            total = None
+            for a, d in calls:
+                g = rule(m, a, d)[k]
+                total = g if total is None else total + g
+            grads[n] = total if total is not None else getattr(m, k).new_zeros((B, *getattr(m, k).shape))
     return losses.detach(), grads
 
 

@@ -731,21 +731,26 @@ def test_conv2d_closed_form_for_each_padding(conv, size, c_in):
     dict(in_channels=8, out_channels=3, kernel_size=3, padding="same", padding_mode="circular"),
 ])
 def test_conv2d_grouped_and_patches_forms_agree(conv, monkeypatch):
-    """The two closed forms of a Conv2d's per-example squared norms give the same numbers, also
-    when the grouped one works through several blocks of examples."""
-    import cglib.coherence as coherence
+    """The two closed forms of a Conv2d's per-example weight gradients give the same numbers, also
+    when the grouped one works through several blocks of examples; the picked form's squared
+    norms are those of its gradients."""
+    import cglib.layer_rules as rules
     torch.manual_seed(8)
     mod = nn.Conv2d(**conv)
     a = torch.randn(9, conv["in_channels"], 7, 6)
     d = torch.randn_like(mod(a))
-    patches = coherence._conv2d_sq_norms_patches(mod, a, d)
-    picked = coherence._conv2d_sq_norms(mod, a, d)  # grouped from 8 input channels per group on
-    want = coherence._conv2d_sq_norms_grouped(mod, a, d) if conv["in_channels"] // mod.groups >= 8 else patches
-    assert all(torch.equal(picked[k], want[k]) for k in ("weight", "bias"))
-    monkeypatch.setattr(coherence, "_BLOCK_ELEMENTS", 2 * (mod.weight.numel() + a[0].numel() + d[0].numel()))
-    grouped = coherence._conv2d_sq_norms_grouped(mod, a, d)  # blocks of 2 examples, the last of 1
-    for key in ("weight", "bias"):
-        torch.testing.assert_close(grouped[key], patches[key], rtol=1e-5, atol=1e-6)
+    patches = torch.cat(list(rules._conv2d_weight_blocks_patches(mod, a, d)))
+    grads = rules._conv2d_grads(mod, a, d)  # grouped from 8 input channels per group on
+    want = (torch.cat(list(rules._conv2d_weight_blocks_grouped(mod, a, d)))
+            if conv["in_channels"] // mod.groups >= 8 else patches)
+    assert torch.equal(grads["weight"], want) and grads["weight"].shape == (9, *mod.weight.shape)
+    norms = rules._conv2d_sq_norms(mod, a, d)
+    assert torch.equal(norms["weight"], want.square().flatten(1).sum(1))
+    assert torch.equal(norms["bias"], grads["bias"].square().sum(1))
+    monkeypatch.setattr(rules, "_BLOCK_ELEMENTS", 2 * (mod.weight.numel() + a[0].numel() + d[0].numel()))
+    blocks = list(rules._conv2d_weight_blocks_grouped(mod, a, d))  # of 2 examples (1 if padded)
+    assert sum(len(b) for b in blocks) == 9 and 1 <= len(blocks[0]) <= 2 and len(blocks) >= 5
+    torch.testing.assert_close(torch.cat(blocks), patches, rtol=1e-5, atol=1e-6)
 
 
 def _per_example_norms(model, x, y):
@@ -888,8 +893,8 @@ def test_an_unknown_loss_is_refused_with_the_known_ones_named():
 def test_blocks_of_one_example_when_one_example_fills_a_block(case, monkeypatch):
     """A per-example intermediate larger than a block (here: a block of one element) still gets
     blocks of one example, not of none."""
-    import cglib.coherence as coherence
-    monkeypatch.setattr(coherence, "_BLOCK_ELEMENTS", 1)
+    import cglib.layer_rules as rules
+    monkeypatch.setattr(rules, "_BLOCK_ELEMENTS", 1)
     torch.manual_seed(8)
     build, shape = CASES[case]
     model = build()

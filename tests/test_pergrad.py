@@ -1,11 +1,12 @@
-"""Per-example gradients: the fast path (Linear hooks + vmap fallback) against plain
-torch.func vmap(grad(functional_call)) on every parameter."""
+"""Per-example gradients: the fast path (closed forms per layer, cglib.layer_rules) and the
+one-pass vmap fallback against plain torch.func vmap(grad(functional_call)) on every parameter."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import cglib.pergrad as pergrad
 from cglib.pergrad import (Outer, per_example_grads, per_example_grads_factored,
                            per_example_grads_reference)
 
@@ -70,13 +71,85 @@ def test_mlp_uses_factored_linear_path_and_leaves_grads_alone():
         torch.testing.assert_close(g.mean(0), p.grad, **TOL)
 
 
+def vmap_passes(monkeypatch) -> list:
+    """Records the names each vmap fallback pass computes."""
+    passes, real = [], pergrad._vmap_grads
+
+    def spy(model, x, y, names, chunk_size):
+        passes.append(list(names))
+        return real(model, x, y, names, chunk_size)
+    monkeypatch.setattr(pergrad, "_vmap_grads", spy)
+    return passes
+
+
 @pytest.mark.parametrize("chunk_size", [None, 5])
-def test_cnn_conv_batchnorm_eval_linear_mixed_paths(chunk_size):
+def test_cnn_conv_batchnorm_eval_linear_in_one_fast_pass(chunk_size, monkeypatch):
+    passes = vmap_passes(monkeypatch)
     model = small_cnn()
     x, y = batch((1, 8, 8), B=11)
     _, grads = per_example_grads_factored(model, x, y, chunk_size=chunk_size)
-    assert isinstance(grads["7.weight"], Outer) and not isinstance(grads["0.weight"], Outer)
+    assert isinstance(grads["7.weight"], Outer) and grads["0.weight"].shape == (11, 4, 1, 3, 3)
+    assert passes == []  # conv and BatchNorm by their closed forms: no vmap
     assert_matches_reference(model, x, y, chunk_size=chunk_size)
+
+
+@pytest.mark.parametrize("case", ["cnn", "batchnorm", "norms", "seq_norms", "resblock"])
+@pytest.mark.parametrize("B", [1, 5])
+def test_every_layer_rule_against_torch_func(case, B, monkeypatch):
+    """Conv2d (padding, stride, dilation, groups, reflect), BatchNorm, GroupNorm, LayerNorm,
+    InstanceNorm (instance and running statistics) and a ResNet block: per-example gradients by
+    the closed forms alone, equal to torch.func's, at batch 1 too."""
+    from test_coherence import CASES
+    passes = vmap_passes(monkeypatch)
+    torch.manual_seed(0)
+    build, shape = CASES[case]
+    model = build().eval()
+    for m in model.modules():  # statistics and affine parameters away from their defaults
+        if getattr(m, "running_mean", None) is not None:
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+        if isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm2d,
+                          nn.InstanceNorm1d)) and m.weight is not None:
+            m.weight.data.uniform_(0.5, 1.5)
+    x, y = batch(shape, B=B, classes=4)
+    assert_matches_reference(model, x, y)
+    assert passes == []
+
+
+def test_one_vmap_pass_over_every_parameter_when_any_needs_it(monkeypatch):
+    """A model with a parameter no rule covers (the Tokens model's custom Scale, a Linear
+    called twice on sequences) runs the model once, in vmap, for every parameter."""
+    from test_coherence import CASES
+    passes = vmap_passes(monkeypatch)
+    torch.manual_seed(0)
+    build, shape = CASES["tokens"]
+    model = build()
+    x, y = batch(shape, B=4, classes=4)
+    fast = assert_matches_reference(model, x, y)
+    assert passes == [list(fast)]
+
+
+class SequenceFirst(nn.Module):
+    """A Linear called on (T, B, d): the sequence-first layout of torch's RNNs and attention."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x):  # x: (B, T, 3)
+        return self.head(self.lin(x.transpose(0, 1)).mean(0))
+
+
+def test_a_call_without_the_batch_in_dim_0_falls_back_in_one_pass(monkeypatch):
+    """Its closed form would read dim 0 as the examples. (At T = B the shapes cannot tell: like
+    Opacus with batch_first, the fast path assumes the batch in dim 0; the module says so.)"""
+    passes = vmap_passes(monkeypatch)
+    torch.manual_seed(0)
+    model = SequenceFirst()
+    x, y = batch((5, 3), B=4, classes=3)
+    assert_matches_reference(model, x, y)
+    assert passes == [["lin.weight", "lin.bias", "head.weight", "head.bias"]]
 
 
 def test_batchnorm_in_train_mode_is_rejected():
@@ -124,13 +197,16 @@ class Tied(nn.Module):
         return self.out(torch.tanh(self.b(torch.tanh(self.a(x)))))
 
 
-def test_tied_linear_weights_fall_back_to_vmap():
+def test_tied_linear_weights_fall_back_to_vmap(monkeypatch):
+    passes = vmap_passes(monkeypatch)
     torch.manual_seed(0)
     model = Tied()
     x, y = batch(5, B=6, classes=3)
     _, grads = per_example_grads_factored(model, x, y)
-    # the tied pair falls back, the untied Linear after it still takes the fast path
-    assert not isinstance(grads["a.weight"], Outer) and isinstance(grads["out.weight"], Outer)
+    # the tied pair needs vmap, so every parameter comes from that one pass (registered once:
+    # the shared weight appears under its first name)
+    assert not any(isinstance(g, Outer) for g in grads.values())
+    assert passes == [["a.weight", "a.bias", "b.bias", "out.weight", "out.bias"]]
     assert_matches_reference(model, x, y)
 
 
@@ -198,9 +274,9 @@ class DropScale(nn.Module):
 
 
 def test_losses_come_from_the_forward_pass_of_the_linear_gradients():
-    """With dropout, the vmap part draws its own masks: the losses returned are those of the
-    fast path's forward, the one its Linear gradients belong to. The head's bias gradient of
-    example i is softmax(z_i) - onehot(y_i), so loss_i = -log(1 + bias_grad[i, y_i])."""
+    """With dropout, the losses returned are those of the pass the gradients belong to (here the
+    one vmap pass: the root parameter has no rule). The head's bias gradient of example i is
+    softmax(z_i) - onehot(y_i), so loss_i = -log(1 + bias_grad[i, y_i])."""
     torch.manual_seed(0)
     model = DropScale().train()
     x, y = batch(8, B=16, classes=4)
