@@ -264,8 +264,9 @@ def model_m_coherence(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
 
     - Eval mode during the passes; every module's train/eval flag is restored afterwards.
       Nothing is written to p.grad. x, y may live on the CPU: chunks move to the model's device.
-    - Cost ≈ one forward+backward over the sample plus the closed-form norms (Linear, Conv2d,
-      BatchNorm); other parameter-owning modules cost a vmap per-example pass of their own.
+    - Cost ≈ one forward+backward over the sample plus the closed-form norms (cglib.layer_rules:
+      Linear, Conv2d, BatchNorm, GroupNorm, LayerNorm, InstanceNorm); other parameter-owning
+      modules cost a vmap per-example pass of their own.
     - chunk_size bounds memory (activations of one chunk); the result does not depend on it.
     - prime_bn=False (default) uses the BatchNorm running statistics as they are. prime_bn=True
       first re-estimates them on x (`cglib.measuring.prime_batchnorm`, batches of chunk_size),

@@ -49,6 +49,15 @@ def test_every_library_is_measured_beside_cglib_or_says_why_not():
             continue
         assert row["ratio"] > 0 and row["note"].startswith("agrees with float64 torch.func to "), row
     assert rows["sq_norms_mlp_b5[cglib]"]["target"] == 0.8 and rows["sq_norms_mlp_b5[opacus]"]["target"] is None
+    # torch.func takes well under a second here: interleaved with the rest, not timed once
+    assert rows["sq_norms_mlp_b5[torch.func]"]["note"].endswith("interleaved runs")
+
+
+def test_a_slow_torch_func_is_timed_once(monkeypatch):
+    monkeypatch.setattr(bench_peers, "ONCE_ABOVE", -1.0)  # every call counts as slow
+    rows = {r["name"]: r for r in bench_peers.run(quick=True, case_list=tiny_cases())}
+    assert rows["sq_norms_mlp_b5[torch.func]"]["note"].endswith("timed once")
+    assert rows["sq_norms_mlp_b5[cglib]"]["note"].endswith("interleaved runs")  # only torch.func may be
 
 
 def test_a_library_that_disagrees_stops_the_run(monkeypatch):
