@@ -178,7 +178,7 @@ def _rows(kind: str, src: tuple[Tensor, ...]) -> list[Tensor]:
 def _update(kinds, tops, bots, srcs):
     """Insert a chunk of rows of every source into its running lists top (descending) and bot
     (ascending), in place; the two may differ in length (percentile reading). In place, so a
-    call allocates nothing: fresh lists per call cost as much as the arithmetic (page faults)."""
+    call allocates nothing: fresh lists per call meant fresh pages to fault in every chunk."""
     for kind, top, bot, src in zip(kinds, tops, bots, srcs):
         new_top, new_bot = list(top), list(bot)
         for x in _rows(kind, src):
