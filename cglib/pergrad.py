@@ -118,10 +118,8 @@ def _fast_modules(model: nn.Module) -> dict[str, tuple[nn.Module, dict[str, str]
         counts[id(p)] = counts.get(id(p), 0) + 1
     found = {}
     for mname, m in model.named_modules():
-        if grad_rule(m) is None:
-            continue
         own = {k: p for k, p in m.named_parameters(recurse=False)}
-        if any(counts[id(p)] != 1 for p in own.values()):
+        if grad_rule(m) is None or any(counts[id(p)] != 1 for p in own.values()):
             continue
         names = {k: f"{mname}.{k}" if mname else k for k, p in own.items() if p.requires_grad}
         if names:
@@ -157,11 +155,11 @@ def _fast_path(model, x, y, fast):
     records: dict[str, list[tuple[Tensor, list]]] = {name: [] for name in fast}
     B, broken = x.shape[0], []
 
-    def make_hook(mname, m):
+    def make_hook(mname):
         def hook(module, inputs, out):
+            # the input by position, with the batch in dim 0 (rule modules keep dim 0 in the output)
             a = inputs[0] if inputs and isinstance(inputs[0], Tensor) else None
-            if a is None or a.dim() < 2 or a.shape[0] != B or not isinstance(out, Tensor) or (
-                    type(m) is not nn.Linear and out.shape[0] != B):
+            if a is None or a.dim() < 2 or a.shape[0] != B:
                 broken.append(mname)
                 return None
             slot: list = []
@@ -169,14 +167,16 @@ def _fast_path(model, x, y, fast):
             return _GradTap.apply(out, anchor, slot.append)
         return hook
 
-    handles = [m.register_forward_hook(make_hook(mname, m)) for mname, (m, _) in fast.items()]
+    handles = [m.register_forward_hook(make_hook(mname)) for mname, (m, _) in fast.items()]
     try:
         with torch.enable_grad():
             losses = F.cross_entropy(model(x), y, reduction="none")
             if broken:
                 return losses.detach(), None
-            # Summed loss: per example, d(sum)/d(out_i) = d(loss_i)/d(out_i).
-            torch.autograd.grad(losses.sum(), anchor, allow_unused=True)
+            # Summed loss: per example, d(sum)/d(out_i) = d(loss_i)/d(out_i). A loss that needs
+            # no gradient touched no trainable module: every gradient is zero, nothing to walk.
+            if losses.requires_grad:
+                torch.autograd.grad(losses.sum(), anchor, allow_unused=True)
     finally:
         for h in handles:
             h.remove()
@@ -184,11 +184,10 @@ def _fast_path(model, x, y, fast):
     grads: dict[str, Tensor | Outer] = {}
     for mname, (m, names) in fast.items():
         calls = [(a, slot[0]) for a, slot in records[mname] if slot]
-        if type(m) is nn.Linear:
-            if "weight" in names:
-                grads[names["weight"]] = _linear_weight_grad(m, calls, B)
-            if "bias" in names:
-                grads[names["bias"]] = _linear_bias_grad(m, calls, B)
+        if type(m) is nn.Linear and len(calls) == 1 and calls[0][0].dim() == 2:
+            a, d = calls[0]  # the common case: rank one per example, kept factored
+            factored = {"weight": Outer(d, a), "bias": d}
+            grads.update((n, factored[k]) for k, n in names.items())
             continue
         rule = grad_rule(m)
         for k, n in names.items():  # summed over the module's calls (none: a zero gradient)
@@ -198,27 +197,6 @@ def _fast_path(model, x, y, fast):
                 total = g if total is None else total + g
             grads[n] = total if total is not None else getattr(m, k).new_zeros((B, *getattr(m, k).shape))
     return losses.detach(), grads
-
-
-def _linear_weight_grad(m: nn.Linear, calls, B: int) -> Tensor | Outer:
-    if len(calls) == 1 and calls[0][0].dim() == 2:
-        a, d = calls[0]
-        return Outer(d, a)  # the common case: rank one per example, keep it factored
-    # Several calls or extra dims (B, ..., in): example i's gradient is a sum of outer products.
-    w = m.weight.new_zeros((B, m.out_features, m.in_features))
-    for a, d in calls:
-        w += torch.bmm(d.reshape(B, -1, m.out_features).transpose(1, 2),
-                       a.reshape(B, -1, m.in_features))
-    return w
-
-
-def _linear_bias_grad(m: nn.Linear, calls, B: int) -> Tensor:
-    if len(calls) == 1 and calls[0][1].dim() == 2:
-        return calls[0][1]
-    bias = m.bias.new_zeros((B, m.out_features))
-    for _, d in calls:
-        bias += d.reshape(B, -1, m.out_features).sum(1)
-    return bias
 
 
 def _vmap_grads(model, x, y, names, chunk_size):

@@ -320,3 +320,44 @@ def test_a_linear_the_forward_never_calls_gets_zero_gradients():
     fast = assert_matches_reference(model, x, y)
     assert not fast["unused.weight"].any() and not fast["unused.bias"].any()
     assert fast["scale"].any()
+
+
+class ByKeyword(nn.Module):
+    """A Linear called with its input by keyword: the forward hook sees no positional input."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.lin(input=x)
+
+
+def test_a_module_called_by_keyword_falls_back_in_one_pass(monkeypatch):
+    passes = vmap_passes(monkeypatch)
+    torch.manual_seed(0)
+    model = ByKeyword()
+    x, y = batch(4, B=5, classes=3)
+    assert_matches_reference(model, x, y)
+    assert passes == [["lin.weight", "lin.bias"]]
+
+
+class NeverCalled(nn.Module):
+    """The only parameters belong to a Linear the forward never calls: no tap is on the loss."""
+
+    def __init__(self):
+        super().__init__()
+        self.unused = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return x * 2.0
+
+
+def test_parameters_off_the_loss_path_get_zero_gradients_from_the_fast_path(monkeypatch):
+    passes = vmap_passes(monkeypatch)
+    model = NeverCalled()
+    x, y = batch(3, B=4, classes=3)
+    losses, grads = per_example_grads_factored(model, x, y)
+    assert passes == [] and set(grads) == {"unused.weight", "unused.bias"}
+    assert grads["unused.weight"].shape == (4, 3, 3) and not grads["unused.weight"].any()
+    torch.testing.assert_close(losses, F.cross_entropy(2.0 * x, y, reduction="none"))
