@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cglib import robust
-from cglib.pergrad import Outer, per_example_grads_factored, per_example_grads_reference
+from cglib.pergrad import per_example_grads_factored, per_example_grads_reference
 from cglib.robust import _medians_
-from cglib.transforms import make_gradient_transform
+from cglib.transforms import make_gradient_transform, winsorized_sources
 
 B = 100
 
@@ -107,11 +107,7 @@ def winsorized_parts(widths, c: int, batch: int = B) -> dict:
     torch.manual_seed(0)
     model, (x, y) = mlp(*widths), data(widths[0], batch)
     _, grads = per_example_grads_factored(model, x, y)
-    outer = [g for g in grads.values() if isinstance(g, Outer)]
-    dense = torch.cat([g.reshape(batch, -1) for g in grads.values() if not isinstance(g, Outer)], 1)
-    kinds = ("outer",) * len(outer) + ("dense",)
-    srcs = [(g.delta, g.act) for g in outer] + [(dense,)]
-    shapes = [(g.delta.shape[1], g.act.shape[1]) for g in outer] + [(dense.shape[1],)]
+    kinds, srcs, shapes = robust._layout(winsorized_sources(grads, list(grads), batch)[0])
     counts = robust.clip_counts(c, batch)
     compiled = robust._want_compile(x.device)
     tops, bots = robust._order_statistics(kinds, srcs, shapes, counts, compiled)

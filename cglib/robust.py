@@ -115,16 +115,22 @@ def winsorized_means(sources: list[tuple[str, tuple[Tensor, ...]]], c) -> list[T
     share B, dtype and device. One compiled call per chunk of rows serves them all: a call's
     own cost (guards, dispatch) is paid per chunk, not per chunk and parameter."""
     B, counts = _check_clip(c, sources[0][1][0].shape[0])
-    kinds = tuple(kind for kind, _ in sources)
-    srcs = [tuple(src) for _, src in sources]
+    kinds, srcs, shapes = _layout(sources)
     if any(s[0].shape[0] != B for s in srcs):
         raise ValueError("winsorized_means: every source needs the same number of rows")
     if counts == (0, 0):
         return [s[0].mean(0) if k == "dense" else s[0].t() @ s[1] / B for k, s in zip(kinds, srcs)]
-    shapes = [(s[0].shape[1],) if k == "dense" else (s[0].shape[1], s[1].shape[1])
-              for k, s in zip(kinds, srcs)]
     with torch.no_grad():
         return _stream(kinds, srcs, shapes, counts)
+
+
+def _layout(sources):
+    """(kinds, sources' tensors, the shape of one row's values) of ``winsorized_means``' sources."""
+    kinds = tuple(kind for kind, _ in sources)
+    srcs = [tuple(src) for _, src in sources]
+    shapes = [(s[0].shape[1],) if k == "dense" else (s[0].shape[1], s[1].shape[1])
+              for k, s in zip(kinds, srcs)]
+    return kinds, srcs, shapes
 
 
 READINGS = ("order_statistic", "percentile")

@@ -127,11 +127,7 @@ class Winsorized(GradientTransform):
             groups.setdefault((ref.device, ref.dtype), []).append(n)
         out = {}
         for names in groups.values():
-            outer = [n for n in names if isinstance(grads[n], Outer)]
-            dense = [n for n in names if n not in outer]
-            sources = [("outer", (grads[n].delta, grads[n].act)) for n in outer]
-            if dense:
-                sources.append(("dense", (torch.cat([grads[n].reshape(B, -1) for n in dense], 1),)))
+            sources, outer, dense = winsorized_sources(grads, names, B)
             means = winsorized_means(sources, c)
             out.update(zip(outer, means))
             if dense:
@@ -139,6 +135,18 @@ class Winsorized(GradientTransform):
         for n, p in params:
             p.grad = out[n].reshape(p.shape)
         return losses.mean()
+
+
+def winsorized_sources(grads: dict, names: list[str], B: int) -> tuple[list, list[str], list[str]]:
+    """The winsorized stream's sources for the gradients ``names``: each factored Linear weight
+    an "outer" source, every other gradient concatenated into one "dense" source (last).
+    Returns (sources, the outer names, the dense names in the dense source's order)."""
+    outer = [n for n in names if isinstance(grads[n], Outer)]
+    dense = [n for n in names if n not in outer]
+    sources = [("outer", (grads[n].delta, grads[n].act)) for n in outer]
+    if dense:
+        sources.append(("dense", (torch.cat([grads[n].reshape(B, -1) for n in dense], 1),)))
+    return sources, outer, dense
 
 
 class M3(GradientTransform):
