@@ -931,3 +931,61 @@ def test_layers_without_a_batch_dimension_or_a_gradient_path_take_the_fallback(m
     want = brute_force(copy.deepcopy(model), x, y)
     assert math.isnan(want["frozen"]) and math.isnan(got["frozen"])
     assert got == pytest.approx(want, rel=1e-4, nan_ok=True)
+
+
+def test_rows_per_chunk_bounds_the_largest_activation_of_a_chunk(monkeypatch):
+    """A chunk's rows: chunk_size, or ACTIVATION_BYTES over one example's largest module output."""
+    import cglib.coherence as coh
+    from cglib.models import cnn
+    x = torch.randn(5, 1, 28, 28)
+    conv = cnn((1, 28, 28), [16, 32], 10).eval()  # largest output: 16 × 28 × 28 float32 = 50,176 B
+    assert coh.rows_per_chunk(conv, x, 1024) == 16 * 2**20 // 50_176 == 334
+    assert coh.rows_per_chunk(conv, x, 300) == 300  # within the budget: chunk_size as asked
+    assert coh.rows_per_chunk(conv, x[:1], 1024) == 334  # a sample of one example probes with it
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU(), nn.Linear(64, 10))
+    assert coh.rows_per_chunk(mlp, x, 1024) == 1024
+    assert coh.rows_per_chunk(copy.deepcopy(mlp).double(), x.double(), 10**6) == 16 * 2**20 // (784 * 8)  # float64
+    monkeypatch.setattr(coh, "ACTIVATION_BYTES", 1000)
+    assert coh.rows_per_chunk(conv, x, 1024) == 1  # an example beyond the budget: one per chunk
+    with pytest.raises(ValueError, match="chunk_size must be ≥ 1, got 0"):
+        coh.rows_per_chunk(mlp, x, 0)
+
+
+def test_the_activation_bound_changes_no_measurement_and_no_statistic(monkeypatch):
+    """Chunks cut by the activation bound give the same norms and m-coherence; the probe forward
+    moves no BatchNorm statistic (it runs in eval mode) and leaves the modes as they were."""
+    import cglib.coherence as coh
+    from cglib.models import cnn
+    torch.manual_seed(3)
+    model = cnn((1, 12, 12), [4, 8], 4)
+    x, y = torch.randn(9, 1, 12, 12), torch.randint(0, 4, (9,))
+    model.train()
+    model(torch.randn(20, 1, 12, 12) + 2.0)  # running statistics away from their initial values
+    state = copy.deepcopy(model.state_dict())
+    whole = coh.per_example_sq_norms(model, x, y), coh.model_m_coherence(model, x, y)
+    rows = []
+    real = coh._chunks
+    monkeypatch.setattr(coh, "_chunks", lambda m, size: rows.append(size) or real(m, size))
+    monkeypatch.setattr(coh, "ACTIVATION_BYTES", 4 * 12 * 12 * 4 * 2)  # two examples of the first conv
+    cut = coh.per_example_sq_norms(model, x, y), coh.model_m_coherence(model, x, y)
+    assert rows == [2, 2]
+    torch.testing.assert_close(cut[0], whole[0], rtol=1e-6, atol=0)
+    assert cut[1] == pytest.approx(whole[1], rel=1e-6)
+    assert model.training and all(mod.training for mod in model.modules())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_rows_per_chunk_probes_a_model_once_per_input_shape_and_dtype():
+    """The probe forward runs once per model, input shape and dtype; another shape or dtype (a
+    model made float64) is probed afresh, so its chunks follow its own activation sizes."""
+    import cglib.coherence as coh
+    from cglib.models import cnn
+    conv = cnn((1, 28, 28), [16, 32], 10).eval()
+    calls = []
+    conv.register_forward_pre_hook(lambda mod, inputs: calls.append(tuple(inputs[0].shape)))
+    x = torch.randn(5, 1, 28, 28)
+    assert [coh.rows_per_chunk(conv, x, 1024) for _ in range(3)] == [334] * 3 and calls == [(2, 1, 28, 28)]
+    assert coh.rows_per_chunk(conv, torch.randn(4, 1, 14, 14), 2000) == 16 * 2**20 // 12_544 == 1337  # 16×14×14×4 B
+    assert coh.rows_per_chunk(conv.double(), x.double(), 1024) == 334 // 2  # 8-byte activations
+    assert len(calls) == 3
