@@ -102,12 +102,36 @@ def _cross_checks(p: dict) -> None:
     if p["model"]["name"] in BATCHNORM_MODELS and any(o["name"] == "winsorized" and o["clip"] for o in t["optimizers"]):
         raise ParamsError("train.optimizers: winsorized needs per-example gradients, which BatchNorm in "
                           "training mode (resnet18, cnn) does not have; use an mlp")
-    if p["model"]["name"] in BATCHNORM_MODELS and data["dataset"] == "synthetic":
-        raise ParamsError(f"model.name: {p['model']['name']} needs an image dataset, not synthetic")
+    _data_checks(data)
+    _needs_images("model.name", p["model"]["name"], data)
     _noise_spellings(p)
     _difficulty_checks(p)
     _mc_checks(p)
     _replicate_checks(p)
+
+
+def _needs_images(key: str, model: str, data: dict) -> None:
+    """The image models (convolutions over (C, H, W)) refuse feature vectors: synthetic data, and
+    an .npz file whose x_train is float (N, d) (read from its header; an unreadable file is left
+    to the prepare stage, which names what is wrong with it)."""
+    if model not in BATCHNORM_MODELS:
+        return
+    if data["dataset"] == "synthetic":
+        raise ParamsError(f"{key}: {model} needs an image dataset, not synthetic")
+    if data["dataset"] == "npz":
+        from cglib import sources  # numpy only: no torch at planning time
+
+        if sources.npz_holds_features(data["path"]):
+            raise ParamsError(f"{key}: {model} needs an image dataset, and data.path {data['path']} holds "
+                              "float features (N, d)")
+
+
+def _data_checks(data: dict) -> None:
+    if data["dataset"] == "npz" and not data["path"]:
+        raise ParamsError("data.path: dataset npz needs the path of a .npz file (x_train, y_train, x_test, y_test)")
+    if data["dataset"] == "imagefolder" and data["image_size"] > data["resize"]:
+        raise ParamsError(f"data.image_size: {data['image_size']} exceeds data.resize = {data['resize']} "
+                          "(the centre crop is cut from the resized image)")
 
 
 def _noise_spellings(p: dict) -> None:
@@ -159,8 +183,8 @@ def _mc_checks(p: dict) -> None:
     if mc["noise"] and n and p["difficulty"]["el2n_epoch"] > mc["steps"] // max(1, n // batch):
         raise ParamsError(f"mc.steps: {mc['steps']} steps end before difficulty.el2n_epoch = "
                           f"{p['difficulty']['el2n_epoch']}, where every run records EL2N")
-    if mc["noise"] and p["data"]["dataset"] == "synthetic" and mc["model"]["name"] in BATCHNORM_MODELS:
-        raise ParamsError(f"mc.model.name: {mc['model']['name']} needs an image dataset, not synthetic")
+    if mc["noise"]:
+        _needs_images("mc.model.name", mc["model"]["name"], p["data"])
 
 
 def _difficulty_checks(p: dict) -> None:
@@ -375,11 +399,16 @@ STAGE_KEYS = {
 
 
 def stage_params(params: dict, stage: str) -> dict:
-    """The values behind STAGE_KEYS[stage], for Snakemake's `params:` (rerun on change)."""
+    """The values behind STAGE_KEYS[stage], for Snakemake's `params:` (rerun on change). The data
+    section goes without the keys its dataset does not read (data.path of npz, data.resize and
+    data.image_size of imagefolder): a study of another dataset keeps its values, and its
+    prepared data, when they come or change."""
+    from cglib import sources
+
     out = {}
     for dotted in STAGE_KEYS[stage]:
         node = params
         for part in dotted.split("."):
             node = node[part]
-        out[dotted] = node
+        out[dotted] = sources.used(node) if dotted == "data" else node
     return out

@@ -4,8 +4,10 @@ Nothing here touches the network: a missing or damaged raw file is a `DataError`
 file and how to get it. Fashion-MNIST comes from Debian's dataset-fashion-mnist package
 (gzipped IDX files); MNIST likewise from IDX files placed under data/raw/mnist/; CIFAR-10 through
 torchvision's CIFAR10 class from data/raw/cifar10/; `synthetic` is generated (Gaussian class
-clusters) for tests. torch is imported inside the functions that use it: the Snakefile asks
-`missing_raw` at planning time, and a plan should not pay torch's ~2 s import.
+clusters) for tests. The sources a researcher brings (kmnist, cifar100, svhn, npz, imagefolder)
+are read by cglib.sources, to which the public functions here dispatch. torch is imported inside
+the functions that use it: the Snakefile asks `missing_raw` at planning time, and a plan should
+not pay torch's ~2 s import.
 """
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from cglib import sources
+from cglib.sources import DataError
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = {
@@ -28,10 +33,6 @@ HOW_TO_GET = {
     "cifar10": "unpack cifar-10-python.tar.gz into data/raw/cifar10/ (cifar-10-batches-py/)",
 }
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-
-
-class DataError(RuntimeError):
-    """A dataset file is missing or damaged."""
 
 
 # ---------------------------------------------------------------------------- IDX reader
@@ -78,10 +79,13 @@ def _find_idx(dataset: str, raw_dir: str) -> dict[str, Path]:
     return found
 
 
-def missing_raw(dataset: str, raw_dir: str = "") -> str | None:
+def missing_raw(dataset: str, raw_dir: str = "", path: str = "") -> str | None:
     """What a study's raw files lack, in one line naming the folder and how to get them, or None.
-    Looks for the files without reading them: a planning-time check (rules/common.smk), so a dry
-    run of a study whose data are absent says so before any job is planned."""
+    Looks for the files without reading them (an .npz file's headers at most): a planning-time
+    check (rules/common.smk), so a dry run of a study whose data are absent says so before any
+    job is planned."""
+    if dataset in sources.NAMES:
+        return sources.missing({"dataset": dataset, "raw_dir": raw_dir, "path": path})
     if dataset in ("fashion_mnist", "mnist"):
         try:
             _find_idx(dataset, raw_dir)
@@ -96,8 +100,10 @@ def missing_raw(dataset: str, raw_dir: str = "") -> str | None:
     return None
 
 
-def raw_files(dataset: str, raw_dir: str = "") -> list[Path]:
+def raw_files(dataset: str, raw_dir: str = "", path: str = "") -> list[Path]:
     """The raw files a study's data are read from (none for the generated `synthetic`)."""
+    if dataset in sources.NAMES:
+        return sources.files({"dataset": dataset, "raw_dir": raw_dir, "path": path})
     if dataset in ("fashion_mnist", "mnist"):
         return sorted(_find_idx(dataset, raw_dir).values())
     if dataset == "cifar10":
@@ -107,25 +113,31 @@ def raw_files(dataset: str, raw_dir: str = "") -> list[Path]:
 
 
 def prepared_key(data_params: dict, code: bytes = b"") -> str:
-    """sha256 of what a prepared file is made of: the data section, each raw file's path, size and
-    modification time, this module's source, the caller's `code` and torch's version. Studies with
-    equal keys may share one prepared file; any change of these gives another key, so a shared
-    file is never stale (a touched raw file costs one more preparation, never a wrong one)."""
+    """sha256 of what a prepared file is made of: the data section (the keys its dataset reads),
+    each raw file's path, size and modification time, this module's and cglib.sources' source,
+    the caller's `code` and torch's version. Studies with equal keys may share one prepared file;
+    any change of these gives another key, so a shared file is never stale (a touched raw file
+    costs one more preparation, never a wrong one)."""
     import torch
 
-    h = hashlib.sha256(json.dumps(data_params, sort_keys=True).encode())
-    for path in raw_files(data_params["dataset"], data_params["raw_dir"]):
+    h = hashlib.sha256(json.dumps(sources.used(data_params), sort_keys=True).encode())
+    for path in raw_files(data_params["dataset"], data_params["raw_dir"], data_params.get("path", "")):
         st = path.stat() if path.exists() else None
         h.update(f"\0{path.resolve()}\0{st and st.st_size}\0{st and st.st_mtime_ns}".encode())
-    for part in (Path(__file__).read_bytes(), code, torch.__version__.encode()):
+    for part in (Path(__file__).read_bytes(), Path(sources.__file__).read_bytes(), code, torch.__version__.encode()):
         h.update(b"\0" + hashlib.sha256(part).digest())
     return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------- raw datasets
 
-def load_raw(dataset: str, raw_dir: str = "", synthetic: dict | None = None, seed: int = 0) -> dict:
-    """Whole train and test sets as numpy arrays: x (N, C, H, W) uint8 (or float32), y int64."""
+def load_raw(dataset: str, raw_dir: str = "", synthetic: dict | None = None, seed: int = 0,
+             path: str = "", resize: int = 256, image_size: int = 224) -> dict:
+    """Whole train and test sets as numpy arrays: x (N, C, H, W) uint8 (or float32), y int64 (an
+    image folder's x decodes the images it is indexed with: sources._Decoded)."""
+    if dataset in sources.NAMES:
+        return sources.load({"dataset": dataset, "raw_dir": raw_dir, "path": path, "resize": resize,
+                             "image_size": image_size})
     if dataset in ("fashion_mnist", "mnist"):
         files = _find_idx(dataset, raw_dir)
         arr = {k: read_idx(p, HOW_TO_GET[dataset]) for k, p in files.items()}
@@ -188,7 +200,8 @@ def prepare(data_params: dict) -> dict:
     import torch
 
     p = data_params
-    raw = load_raw(p["dataset"], p["raw_dir"], p.get("synthetic"), p["seed"])
+    own = {k: p[k] for k in sources.OWN_KEYS if k in p}  # path, resize, image_size
+    raw = load_raw(p["dataset"], p["raw_dir"], p.get("synthetic"), p["seed"], **own)
     rng = np.random.default_rng(p["seed"])
     train_idx = _subset(len(raw["y_train"]), p["n_train"], rng)
     test_idx = _subset(len(raw["y_test"]), p["n_test"], rng)
