@@ -10,6 +10,7 @@ from snakemake.utils import validate
 from cglib import config as cgconfig
 from cglib import data as cgdata
 from cglib import gpu as cggpu
+from cglib import sources as cgsources
 from cglib import cli as cgcli
 from cglib import tables as cgtables
 
@@ -37,7 +38,7 @@ GRID = cgconfig.run_grid(P)
 OUT = str(cgcli.study_dir(P))
 PREPARED = f"{OUT}/prepared.pt"
 if not os.path.exists(PREPARED):  # raw files are read only to prepare: say so now, not at that job
-    _missing = cgdata.missing_raw(P["data"]["dataset"], P["data"]["raw_dir"])
+    _missing = cgdata.missing_raw(P["data"]["dataset"], P["data"]["raw_dir"], P["data"]["path"])
     if _missing:  # a plan is still useful (a login node, a dry run); the prepare job stops a real run
         sys.stderr.write(f"warning: {_missing} (the prepare job fails until then)\n")
 LABELS = f"{OUT}/corrupt/noise={{noise}}.parquet"
@@ -141,21 +142,27 @@ check_intact([PREPARED, DIFFICULTY, SPLITS, *easyhard_outputs(), *run_outputs(),
 # per example, forward and backward) and priced at the model's multiply-adds. The estimate is
 # doubled, has a 15-minute floor, and is multiplied by the attempt: a job killed for time or
 # memory comes back with twice the request (profiles/slurm: retries). Local runs ignore them.
-INPUT_SHAPE = {"fashion_mnist": (1, 28, 28), "mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-FULL_SIZE = {"fashion_mnist": (60_000, 10_000), "mnist": (60_000, 10_000), "cifar10": (50_000, 10_000)}
 STEP_COST = {"sgd": 1, "m3": 1.6, "rm3": 1.3, "ra3": 1.2}  # × an SGD step's arithmetic (make bench)
 MACS_PER_SECOND = {"cpu": 1e10, "gpu": 2e12}  # per CPU thread / per GPU, on the low side
 STEP_OVERHEAD = {"cpu": 0.002, "gpu": 0.005}  # seconds of Python and kernel launches per SGD step
 TRAINING_STAGES = ("easyhard", "train", "train_subset", "train_mc")
 
 
+# A dataset's input shape, whole train and test sizes and classes come from cglib.sources (a
+# table for the torchvision datasets, headers and file counts for npz and imagefolder, no torch);
+# before a study's files are there the estimate takes CIFAR-10's (its prepare job fails first).
+UNSEEN_DATA = ((3, 32, 32), 50_000, 10_000, 10)
+
+
+@functools.cache
 def data_shape():
+    """Input shape, training and test examples, classes of the study's prepared data."""
     d = P["data"]
     if d["dataset"] == "synthetic":
         s = d["synthetic"]
-        return (s["dim"],), s["n_train_total"], s["n_test_total"]
-    n_train, n_test = FULL_SIZE[d["dataset"]]
-    return INPUT_SHAPE[d["dataset"]], d["n_train"] or n_train, d["n_test"] or n_test
+        return (s["dim"],), s["n_train_total"], s["n_test_total"], s["classes"]
+    shape, n_train, n_test, classes = cgsources.full_shape(d) or UNSEEN_DATA
+    return shape, d["n_train"] or n_train, d["n_test"] or n_test, classes
 
 
 def model_cost(model, shape, classes=10):
@@ -183,7 +190,7 @@ def step_cost(optimizer, clip):
 def training_work(stage, optimizer, clip):
     """Example-passes, steps and model of one job of a training stage."""
     t, d = P["train"], P["difficulty"]
-    _, n, n_test = data_shape()
+    _, n, n_test, _ = data_shape()
     if stage == "easyhard":  # the whole training set evaluated before every step until the threshold
         steps = min(d["max_steps"], 3 * n // d["batch_size"] + 1)  # 50 % comes within ~2 epochs
         return steps * (3 * d["batch_size"] + n), steps, P["model"]
@@ -206,12 +213,12 @@ def training_work(stage, optimizer, clip):
 def slurm_resources(stage, optimizer="sgd", clip=0):
     """runtime (minutes), mem_mb and cpus_per_task of one job of `stage` (its first attempt); a
     training job is priced on a GPU when it asks for one (gpu_resource), else on CPU threads."""
-    shape, n, n_test = data_shape()
+    shape, n, n_test, classes = data_shape()
     data_mb = (n + n_test) * math.prod(shape) * 4 / 2**20  # float32 tensors in memory
     threads = P["train"]["threads"] or 4  # 0 = torch's default: every CPU the job is given
     if stage in TRAINING_STAGES:
         work, steps, model = training_work(stage, optimizer, clip)
-        macs, weights = model_cost(model, shape)
+        macs, weights = model_cost(model, shape, classes)
         gpus = gpu_resource()
         device = "gpu" if gpus else "cpu"
         speed = MACS_PER_SECOND[device] * (gpus or threads)
