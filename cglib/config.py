@@ -15,6 +15,8 @@ from pathlib import Path
 import jsonschema
 import yaml
 
+from cglib import sources
+
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "params.schema.yaml"
 EXIT_BAD_PARAMS = 2
 OPTIMIZER_NAMES = ("sgd", "winsorized", "m3", "rm3", "ra3")  # gradient variants
@@ -119,8 +121,6 @@ def _needs_images(key: str, model: str, data: dict) -> None:
     if data["dataset"] == "synthetic":
         raise ParamsError(f"{key}: {model} needs an image dataset, not synthetic")
     if data["dataset"] == "npz":
-        from cglib import sources  # numpy only: no torch at planning time
-
         if sources.npz_holds_features(data["path"]):
             raise ParamsError(f"{key}: {model} needs an image dataset, and data.path {data['path']} holds "
                               "float features (N, d)")
@@ -403,8 +403,6 @@ def stage_params(params: dict, stage: str) -> dict:
     section goes without the keys its dataset does not read (data.path of npz, data.resize and
     data.image_size of imagefolder): a study of another dataset keeps its values, and its
     prepared data, when they come or change."""
-    from cglib import sources
-
     out = {}
     for dotted in STAGE_KEYS[stage]:
         node = params
