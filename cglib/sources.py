@@ -105,6 +105,12 @@ def _torchvision_missing(dataset: str, raw_dir: str) -> str | None:
     return None
 
 
+def _channels_first(x: np.ndarray, layout: str) -> np.ndarray:
+    if layout == "NHW":  # one channel
+        return x[:, None]
+    return x.transpose(0, 3, 1, 2) if layout == "NHWC" else x
+
+
 def _load_torchvision(dataset: str, raw_dir: str) -> dict:
     import torchvision  # lazily: planning must not pay for torch
 
@@ -120,9 +126,7 @@ def _load_torchvision(dataset: str, raw_dir: str) -> dict:
         except Exception as err:  # damaged pickles and .mat files raise their own kinds
             first = (str(err).splitlines() or [type(err).__name__])[0]
             raise DataError(f"{root}/: {spec.cls} cannot read its {split} set ({first}) {_where(dataset, root)}") from None
-        x = np.asarray(ds.data)
-        x = {"NHW": lambda a: a[:, None], "NHWC": lambda a: a.transpose(0, 3, 1, 2), "NCHW": lambda a: a}[spec.layout](x)
-        out[f"x_{split}"] = np.ascontiguousarray(x, dtype=np.uint8)
+        out[f"x_{split}"] = np.ascontiguousarray(_channels_first(np.asarray(ds.data), spec.layout), dtype=np.uint8)
         out[f"y_{split}"] = np.asarray(getattr(ds, spec.labels), dtype=np.int64)
     out["num_classes"] = KNOWN_SHAPE[dataset][3]
     return out

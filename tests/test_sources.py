@@ -235,10 +235,13 @@ def test_imagefolder_file_list_is_torchvision_s(tmp_path):
     (tmp_path / "train" / "ant" / "deeper").mkdir()
     (tmp_path / "train" / "ant" / "deeper" / "2.PNG").write_bytes((tmp_path / "train" / "ant" / "0.png").read_bytes())
     (tmp_path / "train" / "ant" / "notes.txt").write_text("x")
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "3.jpg").write_bytes(b"")
+    (tmp_path / "train" / "bee" / "linked").symlink_to(tmp_path / "elsewhere")  # followed, as torchvision does
     classes = sources.folder_classes(tmp_path)
     ours = sources.image_files(tmp_path / "train", classes)
     theirs = torchvision.datasets.ImageFolder(str(tmp_path / "train"))
-    assert classes == theirs.classes == sorted(CLASSES) and ours == theirs.samples and len(ours) == 21
+    assert classes == theirs.classes == sorted(CLASSES) and ours == theirs.samples and len(ours) == 22
 
 
 @pytest.mark.parametrize("breakage, folder, what", [
@@ -249,6 +252,8 @@ def test_imagefolder_file_list_is_torchvision_s(tmp_path):
     (lambda r: [shutil.rmtree(p) for p in (r / "train").iterdir()] + [(r / "train" / "a.png").write_bytes(b"")],
      "train", "holds no class folders"),  # a file is not a class
     (lambda r: [p.unlink() for p in (r / "val" / "bee").iterdir()], "val/bee",
+     "holds no images (.jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp)"),
+    (lambda r: [p.unlink() for p in (r / "train" / "ant").iterdir()], "train/ant",
      "holds no images (.jpg, .jpeg, .png, .ppm, .bmp, .pgm, .tif, .tiff, .webp)"),
 ])
 def test_imagefolder_errors_name_the_folder(tmp_path, breakage, folder, what):
@@ -310,12 +315,20 @@ def test_kmnist_reads_its_raw_folder(tmp_path):
         assert np.array_equal(d[f"x_{split}"].numpy(), want[split][0]) and d[f"y_{split}"].tolist() == want[split][1]
 
 
-@pytest.mark.parametrize("dataset, lacks, how", [
-    ("kmnist", "KMNIST/raw/t10k-labels-idx1-ubyte", "put the four Kuzushiji-MNIST IDX files, gunzipped, in {root}/KMNIST/raw/"),
-    ("cifar100", "cifar-100-python/meta", "unpack cifar-100-python.tar.gz into {root}/ (cifar-100-python/train, test, meta)"),
-    ("svhn", "test_32x32.mat", "put SVHN's cropped digits, train_32x32.mat and test_32x32.mat, in {root}/"),
+ROOT_FILES = {  # what torchvision's classes read under their root (download=False)
+    "kmnist": [f"KMNIST/raw/{s}" for s in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                           "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")],
+    "cifar100": ["cifar-100-python/train", "cifar-100-python/test", "cifar-100-python/meta"],
+    "svhn": ["train_32x32.mat", "test_32x32.mat"],
+}
+
+
+@pytest.mark.parametrize("dataset, how", [
+    ("kmnist", "put the four Kuzushiji-MNIST IDX files, gunzipped, in {root}/KMNIST/raw/"),
+    ("cifar100", "unpack cifar-100-python.tar.gz into {root}/ (cifar-100-python/train, test, meta)"),
+    ("svhn", "put SVHN's cropped digits, train_32x32.mat and test_32x32.mat, in {root}/"),
 ])
-def test_torchvision_roots_missing_or_lacking(tmp_path, monkeypatch, dataset, lacks, how):
+def test_torchvision_roots_missing_or_lacking(tmp_path, monkeypatch, dataset, how):
     monkeypatch.chdir(tmp_path)
     root = Path("data/raw") / dataset  # the default root
     tail = f"(data.dataset: {dataset}); to get it: {how.format(root=root)}"
@@ -323,13 +336,29 @@ def test_torchvision_roots_missing_or_lacking(tmp_path, monkeypatch, dataset, la
     with pytest.raises(data.DataError) as err:
         data.load_raw(dataset)
     assert str(err.value) == f"{root}/: not found {tail}"
-    for f in sources.TORCHVISION[dataset].files:
+    for f in ROOT_FILES[dataset]:
         (root / f).parent.mkdir(parents=True, exist_ok=True)
         (root / f).write_bytes(b"x")
     assert data.missing_raw(dataset) is None
-    assert data.raw_files(dataset) == [root / f for f in sources.TORCHVISION[dataset].files]
-    (root / lacks).unlink()
-    assert data.missing_raw(dataset) == f"{root}/: lacks {lacks} {tail}"
+    assert data.raw_files(dataset) == [root / f for f in ROOT_FILES[dataset]]
+    for f in ROOT_FILES[dataset]:  # each one lacking alone is said
+        (root / f).rename(root / "aside")
+        assert data.missing_raw(dataset) == f"{root}/: lacks {f} {tail}"
+        (root / "aside").rename(root / f)
+
+
+def test_a_reader_s_error_is_its_first_line(tmp_path, monkeypatch):
+    import torchvision
+
+    write_kmnist(tmp_path)
+
+    def broken(**_):
+        raise ValueError("the first line\nand a traceback's worth more")
+
+    monkeypatch.setattr(torchvision.datasets, "KMNIST", broken)
+    with pytest.raises(data.DataError) as err:
+        data.load_raw("kmnist", str(tmp_path))
+    assert str(err.value).startswith(f"{tmp_path}/: KMNIST cannot read its train set (the first line) (data.dataset")
 
 
 # ---------------------------------------------------------------------------- planning, keys, params
@@ -348,9 +377,10 @@ def test_planning_facts_without_torch(tmp_path):
     folder = {**d, "dataset": "imagefolder", "raw_dir": str(tmp_path / "in"), "image_size": 5}
     assert sources.full_shape(folder) == ((3, 5, 5), 20, 10, 10)
     assert sources.full_shape({**folder, "raw_dir": str(tmp_path / "none")}) is None
-    assert sources.full_shape({**d, "dataset": "cifar100"}) == ((3, 32, 32), 50_000, 10_000, 100)
-    assert sources.full_shape({**d, "dataset": "svhn"}) == ((3, 32, 32), 73_257, 26_032, 10)
-    assert sources.full_shape({**d, "dataset": "kmnist"}) == ((1, 28, 28), 60_000, 10_000, 10)
+    known = {"fashion_mnist": ((1, 28, 28), 60_000, 10_000, 10), "mnist": ((1, 28, 28), 60_000, 10_000, 10),
+             "cifar10": ((3, 32, 32), 50_000, 10_000, 10), "kmnist": ((1, 28, 28), 60_000, 10_000, 10),
+             "cifar100": ((3, 32, 32), 50_000, 10_000, 100), "svhn": ((3, 32, 32), 73_257, 26_032, 10)}
+    assert {name: sources.full_shape({**d, "dataset": name}) for name in known} == known
     code = ("import sys; from cglib import data, sources; sources.full_shape({'dataset': 'npz', 'path': sys.argv[1]});"
             "data.missing_raw('imagefolder', sys.argv[2]); sources.full_shape({'dataset': 'imagefolder', "
             "'raw_dir': sys.argv[2], 'image_size': 4}); assert 'torch' not in sys.modules")
