@@ -361,3 +361,35 @@ def test_parameters_off_the_loss_path_get_zero_gradients_from_the_fast_path(monk
     assert passes == [] and set(grads) == {"unused.weight", "unused.bias"}
     assert grads["unused.weight"].shape == (4, 3, 3) and not grads["unused.weight"].any()
     torch.testing.assert_close(losses, F.cross_entropy(2.0 * x, y, reduction="none"))
+
+
+def test_parameters_off_the_loss_path_when_the_input_needs_a_gradient(monkeypatch):
+    """An input that requires grad gives the loss a gradient although no tap is on it: the
+    backward then reaches no tap, and the parameters still get zeros (not an autograd error)."""
+    passes = vmap_passes(monkeypatch)
+    x, y = batch(3, B=4, classes=3)
+    losses, grads = per_example_grads_factored(NeverCalled(), x.requires_grad_(), y)
+    assert passes == [] and not grads["unused.weight"].any() and not grads["unused.bias"].any()
+    torch.testing.assert_close(losses, F.cross_entropy(2.0 * x.detach(), y, reduction="none"))
+
+
+class SharedVector(nn.Module):
+    """A Linear applied to a fixed vector of length B, not to the batch: its one-dimensional
+    input must not be read as B examples of one feature."""
+
+    def __init__(self, B):
+        super().__init__()
+        self.head = nn.Linear(4, 3)
+        self.register_buffer("v", torch.randn(B))
+        self.shift = nn.Linear(B, 3)
+
+    def forward(self, x):
+        return self.head(x) + self.shift(self.v)
+
+
+def test_a_linear_on_a_one_dimensional_input_of_length_b_falls_back(monkeypatch):
+    passes = vmap_passes(monkeypatch)
+    torch.manual_seed(0)
+    x, y = batch(4, B=5, classes=3)
+    assert_matches_reference(SharedVector(5), x, y)
+    assert len(passes) == 1
