@@ -174,12 +174,11 @@ def _chunk_stats(model, xc, yc, fast, fallback, params, qualified, add, g_sum, l
             add(p, per_example[k].square().reshape(n, -1).sum(1, dtype=torch.float64))
 
 
-# A chunk's largest activation stays within ACTIVATION_BYTES. Measured on the project's CNN
-# (channels 16, 32 on 28×28, batch 1000, one thread, interleaved): chunks of 1000 rows (a 50 MB
-# first activation) took 1.6× as long as chunks of 64–512, where a plain forward+backward of
-# the whole batch took no longer than the small chunks. Beyond the allocator's mapping threshold
-# (32 MiB in glibc) every big tensor of every call is a fresh mapping, paid in page faults. The
-# MLPs' activations stay far below it, so their chunks stay whole.
+# A chunk's largest activation stays within ACTIVATION_BYTES: past the allocator's mapping
+# threshold (32 MiB in glibc) every big tensor of every call is a fresh mapping, paid in page
+# faults, so a CNN's batch of 1000 in one chunk is slower than the same batch in chunks (the
+# README's "Beside the field's tools" gives the measurement). The MLPs' activations stay far
+# below it, so their chunks stay whole.
 ACTIVATION_BYTES = 16 * 2**20
 
 
