@@ -15,7 +15,7 @@ from pathlib import Path
 import jsonschema
 import yaml
 
-from cglib import sources
+from cglib import model_sources, sources
 
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schemas" / "params.schema.yaml"
 EXIT_BAD_PARAMS = 2
@@ -110,6 +110,10 @@ def _cross_checks(p: dict) -> None:
     _difficulty_checks(p)
     _mc_checks(p)
     _replicate_checks(p)
+    try:  # a torchvision arch or an imported model: built on the meta device (cglib.model_sources)
+        model_sources.check_study(p)
+    except model_sources.ModelError as err:
+        raise ParamsError(str(err)) from None
 
 
 def _needs_images(key: str, model: str, data: dict) -> None:
@@ -402,11 +406,13 @@ def stage_params(params: dict, stage: str) -> dict:
     """The values behind STAGE_KEYS[stage], for Snakemake's `params:` (rerun on change). The data
     section goes without the keys its dataset does not read (data.path of npz, data.resize and
     data.image_size of imagefolder): a study of another dataset keeps its values, and its
-    prepared data, when they come or change."""
+    prepared data, when they come or change. The model sections likewise (model.arch, .path and
+    .kwargs are read by the torchvision and import models only)."""
     out = {}
     for dotted in STAGE_KEYS[stage]:
         node = params
         for part in dotted.split("."):
             node = node[part]
-        out[dotted] = sources.used(node) if dotted == "data" else node
+        used = {"data": sources.used, "model": model_sources.used, "mc.model": model_sources.used}.get(dotted)
+        out[dotted] = used(node) if used else node
     return out

@@ -1,11 +1,14 @@
 """Networks of the papers: the CG fully connected net, a small BatchNorm CNN (MC's setting at
-laptop scale) and a ResNet-18 for 32×32 inputs."""
+laptop scale) and a ResNet-18 for 32×32 inputs; the models a researcher brings (a torchvision
+arch by name, a function by import path) are built by cglib.model_sources."""
 from __future__ import annotations
 
 import math
 
 import torch
 from torch import nn
+
+from cglib import model_sources
 
 
 def mlp(input_shape: tuple, hidden: list[int], num_classes: int) -> nn.Sequential:
@@ -67,6 +70,8 @@ def build_model(model_params: dict, input_shape: tuple, num_classes: int) -> nn.
         if len(input_shape) != 3:
             raise ValueError(f"resnet18 needs image inputs (C, H, W), got shape {input_shape}")
         return resnet18(input_shape, num_classes)
+    if model_params["name"] in model_sources.SOURCES:
+        return model_sources.build(model_params, input_shape, num_classes)
     raise ValueError(f"unknown model {model_params['name']!r}")
 
 

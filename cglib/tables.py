@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from cglib import model_sources
 from cglib.config import steps_of
 
 METRIC_COLUMNS = {  # name → pandas dtype, in the order of DESIGN.md §6
@@ -64,6 +65,8 @@ def model_label(model_params: dict) -> str:
     if model_params["name"] == "cnn":  # -flat: the last feature map flattened into the head (pool none)
         flat = "-flat" if model_params.get("pool", "avg") == "none" else ""
         return "cnn-" + "x".join(map(str, model_params["channels"])) + flat
+    if model_params["name"] in model_sources.SOURCES:  # torchvision-<arch>, <module>.<function>
+        return model_sources.label(model_params)
     return model_params["name"]
 
 

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from cglib import gpu, tables
+from cglib import gpu, model_sources, tables
 from cglib.measuring import prime_batchnorm_mc
 from cglib.data import fixed_sample
 from cglib.models import build_model, logits
@@ -226,7 +226,9 @@ def train_run(params: dict, data: dict, labels: torch.Tensor, corrupt: torch.Ten
                difficulty_levels=len(params["difficulty"]["seeds"]))
 
     # everything the run's numbers depend on; a checkpoint is resumed only if all of it matches
-    fingerprint = {"params.train": t, "params.model": params["model"], "params.data": params["data"],
+    # (the model section as its name reads it: checkpoints from before model.arch/path/kwargs resume)
+    fingerprint = {"params.train": t, "params.model": model_sources.used(params["model"]),
+                   "params.data": params["data"],
                    "params.difficulty.el2n_epoch": params["difficulty"]["el2n_epoch"],
                    "params.difficulty.seeds": params["difficulty"]["seeds"], "run": spec, "device": options,
                    **{f"input {k}": v for k, v in (inputs or {}).items()}}
