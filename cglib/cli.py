@@ -107,6 +107,21 @@ def load_training_data(path, train_params: dict):
         fail(str(err))
 
 
+def check_model_on(data: dict, model: dict, key: str = "model", winsorized_at: str | None = None) -> None:
+    """A torchvision or import model checked on the loaded data, as validation checks it where it
+    can (cglib.model_sources.check_model; here on the CPU where the meta device cannot build it):
+    one line naming the key, exit 2, before any training."""
+    from cglib import model_sources
+
+    if model["name"] not in model_sources.SOURCES:
+        return
+    try:
+        model_sources.check_model(key, model, tuple(data["input_shape"]), data["num_classes"], winsorized_at,
+                                  cpu_fallback=True)
+    except model_sources.ModelError as err:
+        fail(str(err), code=2)
+
+
 # ---------------------------------------------------------------------------- environment
 
 LOCK_PATH = Path(__file__).resolve().parent.parent / "requirements.lock"  # `make lock` writes it

@@ -14,6 +14,7 @@ def main(argv=None):
     args, params, log = cli.start(p, argv)
     d, t = params["difficulty"], params["train"]
     data, device = cli.load_training_data(args.data, t)
+    cli.check_model_on(data, params["model"])
     log(f"easy/hard seed {args.seed} on {device}: {len(data['y_train'])} examples, lr {d['lr']}, "
         f"batch {d['batch_size']}, until training accuracy ≥ {d['threshold']}")
     try:

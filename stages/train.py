@@ -51,6 +51,8 @@ def main(argv=None):
     if (args.subset == "full") != (args.labels is not None) or (args.subset != "full") != (args.splits is not None):
         cli.fail("give --labels for a full run, or --subset with --splits for an E6 run", code=2)
     data, device = cli.load_training_data(args.data, t)
+    cli.check_model_on(data, params["model"], "mc.model" if args.mc else "model",
+                       "train.optimizers" if args.optimizer == "winsorized" and args.clip else None)
     n = len(data["y_train"])
     examples = pd.DataFrame({"example": range(n), "label_clean": data["y_train"].cpu().numpy()})
     if args.labels:

@@ -393,3 +393,27 @@ def test_a_linear_on_a_one_dimensional_input_of_length_b_falls_back(monkeypatch)
     x, y = batch(4, B=5, classes=3)
     assert_matches_reference(SharedVector(5), x, y)
     assert len(passes) == 1
+
+
+@pytest.mark.parametrize("arch,kwargs,shape", [
+    ("squeezenet1_1", {}, (3, 32, 32)),  # Dropout, ceil-mode max-pools, concatenated Fire branches
+    ("mobilenet_v3_small", {"width_mult": 0.25}, (1, 28, 28)),  # Hardswish, squeeze-excite, BatchNorm; one channel
+])
+@pytest.mark.parametrize("path", ["closed forms", "vmap fallback"])
+def test_torchvision_archs_in_eval_mode_match_torch_func(arch, kwargs, shape, path, monkeypatch):
+    """A model a researcher names (cglib.model_sources), in eval mode: the fast path, and the vmap
+    fallback every parameter would take without a rule, both equal to plain torch.func."""
+    from cglib.models import build_model
+    passes = vmap_passes(monkeypatch)
+    if path == "vmap fallback":
+        monkeypatch.setattr(pergrad, "grad_rule", lambda mod: None)
+    torch.manual_seed(0)
+    model = build_model({"name": "torchvision", "arch": arch, "kwargs": kwargs}, shape, 5).eval()
+    for m in model.modules():  # running statistics away from (0, 1), as after training
+        if getattr(m, "running_mean", None) is not None:
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2.0)
+    x, y = batch(shape, B=3, classes=5)
+    fast = assert_matches_reference(model, x, y)
+    assert passes == ([] if path == "closed forms" else [list(fast)])
+    assert len(fast) > 20 and all(g.abs().sum() > 0 for g in fast.values())  # every layer reached
