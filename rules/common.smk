@@ -9,6 +9,7 @@ from snakemake.utils import validate
 
 from cglib import config as cgconfig
 from cglib import data as cgdata
+from cglib import model_sources as cgmodel_sources
 from cglib import gpu as cggpu
 from cglib import sources as cgsources
 from cglib import cli as cgcli
@@ -178,6 +179,13 @@ def model_cost(model, shape, classes=10):
             c, h, w = c_out, h // 2, w // 2
         head = c * classes * (1 if model.get("pool", "avg") == "avg" else h * w)
         return macs + head, weights + head
+    if model["name"] in cgmodel_sources.SOURCES:
+        # a torchvision arch or an imported model: counted, not guessed (one example's forward pass
+        # on the meta device, cglib.model_sources.forward_cost); one the meta device cannot run is
+        # priced as a ResNet-50 at this image size (4.1 G multiply-adds at 224×224, 25.6 M weights),
+        # on the high side for the small models a CPU or one GPU trains
+        return cgmodel_sources.forward_cost(model, shape, classes) or (
+            4.1e9 * math.prod(shape[1:]) / 224**2, 25.6e6)
     return 0.56e9 * shape[1] * shape[2] / 1024, 11.2e6  # resnet18, 3×3 stem: 0.56 G at 32×32
 
 
