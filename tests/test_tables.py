@@ -166,13 +166,13 @@ def _fail_with(err):
     return write
 
 
-@pytest.mark.parametrize("free,full", [((1 << 20) - 1, True), (1 << 20, False)])
-def test_nearly_full_disk_counts_as_full_below_one_mib(tmp_path, monkeypatch, free, full):
+@pytest.mark.parametrize("free,full,kib", [((1 << 20) - 1, True, 1023), (5 * 1024 + 1, True, 5), (1 << 20, False, None)])
+def test_nearly_full_disk_counts_as_full_below_one_mib(tmp_path, monkeypatch, free, full, kib):
     monkeypatch.setattr(tables.shutil, "disk_usage", lambda p: type("U", (), {"free": free})())
     target = tmp_path / "x.bin"
     with pytest.raises(tables.WriteError) as err:
         tables._atomic(target, _fail_with(OSError("first line\nsecond")))
-    want = ("no space left on the device (1023 KiB free); free some and rerun" if full else "first line")
+    want = (f"no space left on the device ({kib} KiB free); free some and rerun" if full else "first line")
     assert str(err.value) == f"{target}: could not be written: {want}"
     assert list(tmp_path.iterdir()) == []
 
@@ -492,3 +492,53 @@ def test_writers_make_folders_drop_the_index_and_write_sorted_indented_json(tmp_
     assert list(back.columns) == ["a"] and back.index.tolist() == [0, 1]
     tables.write_json({"b": 1, "a": [1.5]}, tmp_path / "j" / "s.json")
     assert (tmp_path / "j" / "s.json").read_text() == '{\n  "a": [\n    1.5\n  ],\n  "b": 1\n}\n'
+
+
+def test_windowed_shares_scale_each_side_by_its_own_size_and_keep_run_order():
+    """|p|·i^p and |c|·i^c with sizes other than 1; rows by run then designation whatever the
+    input order; a group with one of the two running shares only is left out, and so are another
+    experiment's rows of the same names."""
+    def rows(run, ip, ic, null=-1):
+        return ([M(run=run, experiment="E2", metric="i_pristine", null=null, step=10 * j, value=v) for j, v in enumerate(ip)]
+                + [M(run=run, experiment="E2", metric="i_corrupt", null=null, step=10 * j, value=v) for j, v in enumerate(ic)])
+    # q: |p| = 2, |c| = 1: sums 2, 4 and 2, 2 → one window of 2 steps: 4 / (4 + 2)
+    e2 = frame(rows("z", [1, 2], [1, 2]) + rows("q", [1, 2], [2, 2], null=0) + rows("q", [1, 2], [2, 2])
+               + [M(run="c_only", experiment="E2", metric="i_corrupt", value=1.0)]
+               + [M(run="q", experiment="E1", metric=k, null=3, value=1.0) for k in ("i_pristine", "i_corrupt")])
+    runs = pd.DataFrame({"run": ["q", "z", "c_only"], "n_pristine": [2, 1, 3], "n_corrupt": [1, 1, 3]})
+    w = tables.windowed_shares(e2, runs, 2)
+    assert w[["run", "null"]].values.tolist() == [["q", -1], ["q", 0], ["z", -1]]
+    assert w["f_pristine"].tolist() == pytest.approx([2 / 3, 2 / 3, 0.5], abs=1e-12)
+
+
+def test_accuracy_by_difficulty_rows_sorted_by_each_key_in_turn():
+    """noise, optimizer, clip, seed, difficulty: each decides where the ones before it tie
+    (run names chosen so that their own order disagrees with every key)."""
+    def E(run, d, noise=0.5, **kw):
+        return [M(run=run, experiment="E5", split=f"difficulty={d}", metric=m, value=v, noise=noise, **kw)
+                for m, v in (("accuracy", 0.5), ("count", 1))]
+    m = frame(E("a1", 0, optimizer="winsorized", clip=5) + E("a2", 0, optimizer="winsorized", clip=2)
+              + E("b1", 0, seed=1) + E("b2", 0) + E("m", 0, seed=7) + E("m", 1, seed=7) + E("n", 0, seed=7)
+              + E("n", 1, seed=7))
+    out = tables.accuracy_by_difficulty(m)
+    assert list(zip(out["run"], out["difficulty"])) == [
+        ("b2", 0), ("b1", 0), ("m", 0), ("n", 0), ("m", 1), ("n", 1), ("a2", 0), ("a1", 0)]
+    low = frame(E("z", 0, noise=0.0, optimizer="winsorized", clip=9))
+    assert tables.accuracy_by_difficulty(pd.concat([m, low]))["run"].iloc[0] == "z"  # noise first
+
+
+def test_score_correlations_rows_sorted_by_subset_then_noise_then_optimizer():
+    def S(run, **kw):
+        return M(run=run, experiment="E8", metric="auroc_corrupt_aum", value=0.5, **kw)
+    m = frame([S("a", noise=0.5), S("b", subset="e-train", noise=0.5), S("c", noise=0.0),
+               S("d", noise=0.5, optimizer="m3")])
+    out = tables.score_correlations(m)
+    assert out["run"].tolist() == ["b", "c", "d", "a"]  # e-train < full; then 0.0 < 0.5; then m3 < sgd
+
+
+def test_cross_generalization_rows_in_key_order_whatever_the_input_order():
+    rows = [M(run=r, experiment="E6", subset=s, split=t, value=v) for r, s, t, v in
+            [("h", "h-train", "test", 0.1), ("h", "h-train", "e-test", 0.2), ("e", "e-train", "h-test", 0.3)]]
+    out = tables.cross_generalization(frame(rows))
+    assert out[["trained_on", "evaluated_on", "accuracy"]].values.tolist() == [
+        ["e-train", "h-test", 0.3], ["h-train", "e-test", 0.2], ["h-train", "test", 0.1]]
