@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cglib import sources
-from cglib.sources import DataError
+from cglib.sources import DataError, raw_root
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 IDX_FILES = {
@@ -61,7 +61,7 @@ def read_idx(path: Path, how_to_get: str = "") -> np.ndarray:
 
 
 def _find_idx(dataset: str, raw_dir: str) -> dict[str, Path]:
-    dirs = [Path(raw_dir)] if raw_dir else [Path("data/raw") / dataset]
+    dirs = [raw_root(dataset, raw_dir)]
     if dataset == "fashion_mnist" and not raw_dir:
         dirs.append(DEBIAN_FASHION)
     found = {}
@@ -92,7 +92,7 @@ def missing_raw(dataset: str, raw_dir: str = "", path: str = "") -> str | None:
         except DataError as err:
             return str(err)
     elif dataset == "cifar10":
-        root = Path(raw_dir or "data/raw/cifar10") / "cifar-10-batches-py"
+        root = raw_root("cifar10", raw_dir) / "cifar-10-batches-py"
         lacking = [n for n in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch") if not (root / n).is_file()]
         if lacking:
             what = "not found" if not root.is_dir() else "lacks " + ", ".join(lacking)
@@ -107,7 +107,7 @@ def raw_files(dataset: str, raw_dir: str = "", path: str = "") -> list[Path]:
     if dataset in ("fashion_mnist", "mnist"):
         return sorted(_find_idx(dataset, raw_dir).values())
     if dataset == "cifar10":
-        root = Path(raw_dir or "data/raw/cifar10") / "cifar-10-batches-py"
+        root = raw_root("cifar10", raw_dir) / "cifar-10-batches-py"
         return [root / n for n in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")]
     return []
 
@@ -148,7 +148,7 @@ def load_raw(dataset: str, raw_dir: str = "", synthetic: dict | None = None, see
         return dict(x_train=arr["train_x"][:, None], y_train=arr["train_y"].astype(np.int64),
                     x_test=arr["test_x"][:, None], y_test=arr["test_y"].astype(np.int64), num_classes=10)
     if dataset == "cifar10":
-        return _load_cifar10(raw_dir or "data/raw/cifar10")
+        return _load_cifar10(str(raw_root("cifar10", raw_dir)))
     if dataset == "synthetic":
         return make_synthetic(seed=seed, **(synthetic or {}))
     raise DataError(f"unknown dataset {dataset!r}")

@@ -100,7 +100,7 @@ def study_input(data: dict) -> tuple[tuple, int] | None:
         return (s["dim"],), s["classes"]
     if data["dataset"] == "imagefolder":
         try:
-            classes = sources.folder_classes(sources._root("imagefolder", data["raw_dir"]))
+            classes = sources.folder_classes(sources.raw_root("imagefolder", data["raw_dir"]))
         except (sources.DataError, OSError):
             return None
         return (3, data["image_size"], data["image_size"]), len(classes)

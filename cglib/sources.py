@@ -52,7 +52,7 @@ def full_shape(d: dict) -> tuple | None:
         if d["dataset"] == "npz":
             return _npz_shape(Path(d["path"]))
         if d["dataset"] == "imagefolder":
-            root = _root("imagefolder", d["raw_dir"])
+            root = raw_root("imagefolder", d["raw_dir"])
             classes = folder_classes(root)
             n_train, n_test = (len(image_files(root / s, classes)) for s in ("train", "val"))
             return (3, d["image_size"], d["image_size"]), n_train, n_test, len(classes)
@@ -61,7 +61,8 @@ def full_shape(d: dict) -> tuple | None:
     return None
 
 
-def _root(dataset: str, raw_dir: str) -> Path:
+def raw_root(dataset: str, raw_dir: str) -> Path:
+    """The folder a dataset's raw files are read from: raw_dir, else data/raw/<dataset>/."""
     return Path(raw_dir or f"data/raw/{dataset}")
 
 
@@ -96,7 +97,7 @@ def _where(dataset: str, root: Path) -> str:
 
 
 def _torchvision_missing(dataset: str, raw_dir: str) -> str | None:
-    root = _root(dataset, raw_dir)
+    root = raw_root(dataset, raw_dir)
     if not root.is_dir():
         return f"{root}/: not found {_where(dataset, root)}"
     lacking = [f for f in TORCHVISION[dataset].files if not (root / f).is_file()]
@@ -117,7 +118,7 @@ def _load_torchvision(dataset: str, raw_dir: str) -> dict:
     missing = _torchvision_missing(dataset, raw_dir)
     if missing:
         raise DataError(missing)
-    spec, root = TORCHVISION[dataset], _root(dataset, raw_dir)
+    spec, root = TORCHVISION[dataset], raw_root(dataset, raw_dir)
     out = {}
     for split in ("train", "test"):
         how = {"split": split} if spec.cls == "SVHN" else {"train": split == "train"}
@@ -301,7 +302,7 @@ def _load_folder(raw_dir: str, resize: int, image_size: int) -> dict:
     import torchvision
     from torchvision import transforms
 
-    root = _root("imagefolder", raw_dir)
+    root = raw_root("imagefolder", raw_dir)
     classes = folder_classes(root)
     for split in ("train", "val"):
         image_files(root / split, classes)  # an empty class folder: our one line, not torchvision's
@@ -328,7 +329,7 @@ def missing(d: dict) -> str | None:
     try:
         if d["dataset"] == "npz":
             return npz_problem(Path(d["path"]), npz_header(Path(d["path"])))
-        folder_classes(_root("imagefolder", d["raw_dir"]))
+        folder_classes(raw_root("imagefolder", d["raw_dir"]))
     except DataError as err:
         return str(err)
     return None
@@ -338,11 +339,11 @@ def files(d: dict) -> list[Path]:
     """The files a source is read from: an image folder's every image (sorted: each one's size and
     time goes into the prepared file's key)."""
     if d["dataset"] in TORCHVISION:
-        root = _root(d["dataset"], d["raw_dir"])
+        root = raw_root(d["dataset"], d["raw_dir"])
         return [root / f for f in TORCHVISION[d["dataset"]].files]
     if d["dataset"] == "npz":
         return [Path(d["path"])]
-    root = _root("imagefolder", d["raw_dir"])
+    root = raw_root("imagefolder", d["raw_dir"])
     classes = folder_classes(root)
     return sorted(Path(f) for split in ("train", "val") for f, _ in image_files(root / split, classes))
 
